@@ -1,0 +1,41 @@
+"""Shared behaviour of the entry points that is not about flags: expected errors become one clear
+sentence on stderr and exit status 1, instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import zipfile
+
+from maml_tf.training import CheckpointError
+
+EXPECTED_ERRORS = (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+                   zipfile.BadZipFile, FloatingPointError)
+
+
+def one_sentence_errors(main):
+    """Wrap an absl ``main(argv)`` so that expected errors end the program with one sentence."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        quiet_tensorflow()
+        try:
+            return main(argv)
+        except EXPECTED_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapped
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's and absl's informational chatter out of the progress display."""
+    import logging
+
+    import tensorflow as tf
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    tf.get_logger().setLevel(logging.ERROR)

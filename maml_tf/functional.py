@@ -1,0 +1,65 @@
+"""Run any Keras 3 model with a given dictionary of weights.
+
+This is what makes the library model-agnostic: MAML never touches a model's variables during the
+inner loop. It takes the weights once as a ``dict[str, tf.Tensor]`` keyed by the Keras variable
+path, computes fast weights as plain tensors, and evaluates the model on them through
+``keras.Model.stateless_call``, which is differentiable under nested ``tf.GradientTape``s. A user's
+own ``keras.Model`` (Sequential, functional or subclassed) works unchanged.
+
+Non-trainable state (batch-norm moving averages) is read from the model and any update that a
+forward pass in training mode computes is discarded: like the paper, the library normalises with
+the statistics of the current batch (see ``call(..., training=True)``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import keras
+import tensorflow as tf
+
+Weights = Dict[str, tf.Tensor]
+
+
+def weight_names(model: keras.Model) -> list[str]:
+    """The keys of a model's weight dictionary, in the order of ``model.trainable_variables``."""
+    names = [v.path for v in model.trainable_variables]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            "The model has trainable variables with duplicate paths, so they cannot be keyed by name; "
+            "give its layers unique names.")
+    return names
+
+
+def get_weights(model: keras.Model) -> Weights:
+    """The model's trainable weights as a dict of tensors (read now; differentiable w.r.t. the
+    model's variables when read inside a ``tf.GradientTape``)."""
+    if not model.built:
+        raise ValueError("The model is not built; call it once on an input (or give it an Input) first.")
+    return {v.path: tf.convert_to_tensor(v) for v in model.trainable_variables}
+
+
+def call(model: keras.Model, weights: Weights, inputs, training: bool = True):
+    """Run ``model`` on ``inputs`` with ``weights`` in place of its trainable variables.
+
+    ``training=True`` (the default, as in the paper) makes batch norm use the statistics of the
+    current batch; the moving averages are neither used nor updated. ``training=False`` uses the
+    model's stored moving averages (non-transductive evaluation).
+    """
+    try:
+        trainable = [weights[v.path] for v in model.trainable_variables]
+    except KeyError as e:
+        raise KeyError(f"The weight dictionary has no entry {e}, which the model needs.") from None
+    outputs, _ = model.stateless_call(trainable, model.non_trainable_variables, inputs, training=training)
+    return outputs
+
+
+def make_forward(model: keras.Model, training: bool = True) -> Callable[[Weights, tf.Tensor], tf.Tensor]:
+    """``forward(weights, inputs) -> outputs`` bound to ``model``: the usual argument of the loss
+    builders in :mod:`maml_tf.maml`."""
+    weight_names(model)  # fail early on unusable models
+
+    def forward(weights: Weights, inputs):
+        return call(model, weights, inputs, training=training)
+
+    return forward

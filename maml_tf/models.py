@@ -1,0 +1,73 @@
+"""The paper's networks, as ordinary Keras models (any other Keras model works with the library too).
+
+- Sinusoid regression (paper 5.1): MLP 1 -> 40 -> 40 -> 1, ReLU.
+- Few-shot classification (paper 5.2, appendix A.1; authors' code where it says more):
+  4 blocks of [3x3 conv, batch norm, ReLU]. Omniglot: 64 filters, stride-2 convolutions, final
+  feature map averaged. MiniImagenet: 32 filters, stride 1 followed by 2x2 max-pool, flattened.
+  Batch norm has a learned offset and no learned scale (``scale=False``, as tf.contrib's default in
+  the authors' code) and, used through :func:`maml_tf.functional.call` with ``training=True``,
+  normalises with the statistics of the current batch (transductive, as the paper).
+- The "no conv" MLP of Table 1: 256-128-64-64, each hidden layer with batch norm and ReLU.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import layers
+
+
+def mlp_regressor(input_dim: int = 1, hidden: Sequence[int] = (40, 40), output_dim: int = 1,
+                  name: str = "mlp") -> keras.Model:
+    """The sinusoid network (and, with ``input_dim=3``, the oracle that also sees amplitude and phase)."""
+    inputs = keras.Input((input_dim,), name="x")
+    h = inputs
+    for i, units in enumerate(hidden):
+        h = layers.Dense(units, activation="relu", name=f"hidden{i}")(h)
+    outputs = layers.Dense(output_dim, name="out")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def conv_classifier(num_classes: int, image_shape=(28, 28, 1), filters: int = 64, blocks: int = 4,
+                    downsample: str = "stride", name: str = "convnet") -> keras.Model:
+    """4 x [conv 3x3, BN, ReLU]; ``downsample="stride"`` (Omniglot: stride-2 convs, global average)
+    or ``"maxpool"`` (MiniImagenet: stride 1, 2x2 max-pool, flatten)."""
+    if downsample not in ("stride", "maxpool"):
+        raise ValueError(f"downsample must be 'stride' or 'maxpool', not {downsample!r}.")
+    inputs = keras.Input(tuple(image_shape), name="image")
+    h = inputs
+    for i in range(blocks):
+        stride = 2 if downsample == "stride" else 1
+        h = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"conv{i}")(h)
+        h = layers.BatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
+        h = layers.ReLU(name=f"relu{i}")(h)
+        if downsample == "maxpool":
+            h = layers.MaxPooling2D(2, name=f"pool{i}")(h)
+    if downsample == "stride":
+        h = layers.GlobalAveragePooling2D(name="avg")(h)
+    else:
+        h = layers.Flatten(name="flatten")(h)
+    outputs = layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def omniglot_conv(num_classes: int) -> keras.Model:
+    return conv_classifier(num_classes, (28, 28, 1), filters=64, downsample="stride", name="omniglot_conv")
+
+
+def miniimagenet_conv(num_classes: int) -> keras.Model:
+    return conv_classifier(num_classes, (84, 84, 3), filters=32, downsample="maxpool", name="miniimagenet_conv")
+
+
+def mlp_classifier(num_classes: int, image_shape=(28, 28, 1), hidden: Sequence[int] = (256, 128, 64, 64),
+                   name: str = "omniglot_mlp") -> keras.Model:
+    """Table 1's "MAML, no conv": flattened image, hidden layers with BN and ReLU, linear output."""
+    inputs = keras.Input(tuple(image_shape), name="image")
+    h = layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate(hidden):
+        h = layers.Dense(units, name=f"fc{i}")(h)
+        h = layers.BatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
+        h = layers.ReLU(name=f"relu{i}")(h)
+    outputs = layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, outputs, name=name)

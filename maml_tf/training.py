@@ -1,0 +1,199 @@
+"""The one meta-training loop: compiled steps, checkpoints, resume, TensorBoard and progress.
+
+Every supervised experiment (and the RL baselines) runs through :func:`train`. It is parameterised
+by a compiled step (``make_train_step``), a batch source that depends only on the iteration number
+(so a resumed run draws the same tasks as an uninterrupted one), and an optional validation that
+selects the best checkpoint.
+
+Layout of a log directory::
+
+    <logdir>/config.json     the settings the run was started with (checked on resume)
+    <logdir>/ckpt/           latest checkpoints (model, optimizer, iteration, wall time)
+    <logdir>/best/           the checkpoint with the best validation score, if validating
+    <logdir>/tb/             TensorBoard scalars
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maml_tf.functional import Weights, get_weights
+
+
+class CheckpointError(ValueError):
+    """A log directory holds a checkpoint that does not fit the current model or settings."""
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    objective: Callable[[Weights, Any], tuple], jit_compile: bool = False):
+    """Compile one meta-training step.
+
+    ``objective(weights, batch) -> (loss, aux)`` with ``aux`` a dict of scalars to log. The step reads
+    the model's weights as a dict, differentiates the loss with respect to the model's variables
+    (through the inner loop, if the objective adapts) and applies the optimizer.
+    """
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss, aux = objective(get_weights(model), batch)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return {"loss": loss, **aux}
+
+    return step
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    wall_time_s: float
+    last_metrics: Dict[str, float] = field(default_factory=dict)
+    best_score: Optional[float] = None
+    best_iteration: Optional[int] = None
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match) -> None:
+    """Write ``config.json`` on a fresh run; on resume, refuse settings that change the model."""
+    path = os.path.join(logdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = [k for k in keys_that_must_match if k in old and k in config and old[k] != config[k]]
+        if diff:
+            k = diff[0]
+            raise CheckpointError(
+                f"{logdir} holds a run with {k}={old[k]!r} but this run asks for {k}={config[k]!r}; "
+                f"use another --logdir or the same settings.")
+    else:
+        os.makedirs(logdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
+
+def make_checkpoint(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer]):
+    """A ``tf.train.Checkpoint`` with the model, optimizer, iteration counter and wall time."""
+    state = dict(model=model, iteration=tf.Variable(0, dtype=tf.int64, trainable=False),
+                 wall_time=tf.Variable(0.0, dtype=tf.float64, trainable=False))
+    if optimizer is not None:
+        optimizer.build(model.trainable_variables)
+        state["optimizer"] = optimizer
+    return tf.train.Checkpoint(**state)
+
+
+def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkpoint") -> Optional[str]:
+    """Restore the latest checkpoint in ``directory`` (if any); a mismatch is one clear sentence."""
+    path = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+    if path is None:
+        return None
+    try:
+        status = checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"The {what} in {directory} does not fit this model ({first}); use another --logdir or the "
+            f"settings it was trained with.") from None
+    return path
+
+
+def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, step: Callable[[Any], dict],
+          batch_for_iteration: Callable[[int], Any], iterations: int, logdir: str,
+          checkpoint_every: int = 1000, log_every: int = 100,
+          validate: Optional[Callable[[], float]] = None, validate_every: int = 0,
+          name: str = "meta-train", verbose: bool = True) -> TrainResult:
+    """Run (or resume) ``iterations`` steps of ``step(batch_for_iteration(i))``.
+
+    Resumes from the latest checkpoint in ``<logdir>/ckpt``. Saves every ``checkpoint_every``
+    iterations, at the end, and on Ctrl-C. ``validate()`` returns a score (higher is better); the
+    best checkpoint so far is kept in ``<logdir>/best``.
+    """
+    if iterations < 0:
+        raise ValueError("iterations must be non-negative.")
+    ckpt = make_checkpoint(model, optimizer)
+    best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
+    best_iteration = tf.Variable(-1, dtype=tf.int64, trainable=False)
+    ckpt.best_score, ckpt.best_iteration = best_score, best_iteration
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(logdir, "ckpt"), max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(ckpt, os.path.join(logdir, "best"), max_to_keep=1)
+    restored = restore(ckpt, os.path.join(logdir, "ckpt"))
+    start = int(ckpt.iteration.numpy())
+    if verbose and restored:
+        print(f"[{name}] resumed from {restored} at iteration {start}", flush=True)
+    writer = tf.summary.create_file_writer(os.path.join(logdir, "tb"))
+
+    def save(i: int, elapsed: float):
+        ckpt.iteration.assign(i)
+        ckpt.wall_time.assign(elapsed)
+        manager.save(checkpoint_number=i)
+
+    wall0 = float(ckpt.wall_time.numpy())
+    t0 = time.time()
+    window_t, window_i = t0, start
+    metrics: Dict[str, float] = {}
+    i = start
+    try:
+        while i < iterations:
+            out = step(batch_for_iteration(i))
+            i += 1
+            if i % log_every == 0 or i == iterations:
+                metrics = {k: float(v) for k, v in out.items()}
+                if not all(np.isfinite(v) for v in metrics.values()):
+                    raise FloatingPointError(
+                        f"The {name} loss became {metrics} at iteration {i}; the last good checkpoint is in "
+                        f"{logdir}/ckpt.")
+                with writer.as_default(step=i):
+                    for k, v in metrics.items():
+                        tf.summary.scalar(f"train/{k}", v)
+                if verbose:
+                    now = time.time()
+                    rate = (i - window_i) / max(now - window_t, 1e-9)
+                    window_t, window_i = now, i
+                    shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                    print(f"[{name}] {i}/{iterations}  {shown}  {rate:.1f} it/s  "
+                          f"ETA {_format_duration((iterations - i) / max(rate, 1e-9))}", flush=True)
+            if validate is not None and validate_every and (i % validate_every == 0 or i == iterations):
+                score = float(validate())
+                with writer.as_default(step=i):
+                    tf.summary.scalar("validation/score", score)
+                improved = score > best_score.numpy()
+                if improved:
+                    best_score.assign(score)
+                    best_iteration.assign(i)
+                    ckpt.iteration.assign(i)
+                    ckpt.wall_time.assign(wall0 + time.time() - t0)
+                    best_manager.save(checkpoint_number=i)
+                if verbose:
+                    print(f"[{name}] validation at {i}: {score:.4f}" + ("  (best so far, saved)" if improved else ""),
+                          flush=True)
+            if i % checkpoint_every == 0 and i < iterations:
+                save(i, wall0 + time.time() - t0)
+    except KeyboardInterrupt:
+        save(i, wall0 + time.time() - t0)
+        print(f"\n[{name}] interrupted at iteration {i}; checkpoint saved, run the same command to resume.",
+              file=sys.stderr, flush=True)
+        raise
+    wall = wall0 + time.time() - t0
+    if start < iterations or restored is None:
+        save(i, wall)
+    writer.flush()
+    return TrainResult(iterations=i, wall_time_s=wall, last_metrics=metrics,
+                       best_score=None if best_iteration.numpy() < 0 else float(best_score.numpy()),
+                       best_iteration=None if best_iteration.numpy() < 0 else int(best_iteration.numpy()))

@@ -1,0 +1,203 @@
+"""Half-cheetah and ant task environments of MAML (paper section 5.3), on gymnasium's MuJoCo v5 envs.
+
+Each class subclasses gymnasium's v5 environment (its XML model, observation, reset noise and
+``frame_skip``) and replaces the reward's forward term by the task's:
+
+    forward velocity   v = (x_after - x_before) / dt,   x = qpos[0] (root x), dt = timestep * frame_skip
+    goal velocity      forward term = -|v - v*|,        v* ~ U[0, 2] (cheetah), U[0, 3] (ant)
+    direction          forward term = d * v,            d = +1 or -1 with probability 1/2
+
+    half-cheetah:  r = forward - ctrl_cost_weight * |a|^2                       (ctrl_cost_weight 0.05)
+    ant:           r = forward + healthy_reward * healthy - 0.5 * |a|^2
+                       - 5e-4 * |clip(cfrc_ext, -1, 1)|^2                       (gymnasium Ant-v5 terms)
+
+``a`` is the action applied to the simulator. With ``normalized_actions=True`` (default, as the
+authors' rllab ``normalize`` wrapper) the policy's action is mapped from [-1, 1] onto the actuator
+range and clipped first, so costs use the clipped action; ``False`` uses gymnasium's convention
+(cost on the raw action, MuJoCo clamps the control). For these models the range is [-1, 1], so the
+two differ only in the cost of out-of-range actions.
+
+The ant terminates when unhealthy (torso height outside [0.2, 1.0] or non-finite state), as both
+gymnasium's Ant-v5 and the authors' rllab ant do; pass ``terminate_when_unhealthy=False`` to change
+it. Its velocity uses qpos[0] (the torso's free-joint x); gymnasium's own Ant-v5 uses the torso's
+``xpos``, which MuJoCo updates before the last physics substep, so it lags by one substep.
+
+The authors' rllab ant used other constants (survival 0.05, control cost 0.005 |a|^2, and +1 added to
+the goal-velocity forward term); pass ``healthy_reward`` / ``ctrl_cost_weight`` to use them.
+
+``info`` carries the reward terms: x_position, x_velocity (= forward velocity), reward_forward,
+reward_ctrl (= -control cost) and, for the ant, y_velocity, reward_contact, reward_survive,
+is_healthy.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces, utils
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
+from rl.envs.tasks import ActionMap, DirectionTasks, TaskEnvMixin, VelocityTasks
+
+# Compiled models, one per XML path and process: all env instances of a process share one MjModel
+# (each has its own MjData), which makes creating hundreds of envs cheap. Envs never modify it.
+_MODELS: dict[str, mujoco.MjModel] = {}
+
+
+def _compile(path: str) -> mujoco.MjModel:
+    """Compiles an XML model. MuJoCo >= 3.3 warns that half_cheetah.xml's `settotalmass` attribute
+    is deprecated (it still applies it) and by default appends that to ./MUJOCO_LOG.TXT; this drops
+    that one message and passes any other warning on as a Python warning."""
+    messages = []
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(messages.append)
+    try:
+        model = mujoco.MjModel.from_xml_path(path)
+    finally:
+        mujoco.set_mju_user_warning(previous)
+    for message in messages:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", stacklevel=3)
+    return model
+
+
+class _MujocoTaskMixin(TaskEnvMixin):
+    """Shared set-up of the MuJoCo task envs: model cache, action mapping, oracle observation.
+
+    ``step`` and ``_get_obs`` are written out here (instead of calling gymnasium's helpers) to keep
+    the Python work per step small; they compute the same quantities as gymnasium's v5 code.
+    """
+
+    def _initialize_simulation(self):
+        model = _MODELS.get(self.fullpath)
+        if model is None:
+            model = _compile(self.fullpath)
+            _MODELS[self.fullpath] = model
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, mujoco.MjData(model)
+
+    def _setup_task(self, task, oracle: bool, normalized_actions: bool) -> None:
+        self._oracle = bool(oracle)
+        low, high = self.model.actuator_ctrlrange.astype(np.float64).T
+        self._action_map = ActionMap(low, high, normalized_actions)
+        if normalized_actions:
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)
+        base_dim = self.observation_space.shape[0]
+        self.observation_space = spaces.Box(
+            -np.inf, np.inf, shape=(base_dim + self._task_obs_dim(),), dtype=np.float64)
+        # Views into MjData (valid for the env's lifetime) and constants, looked up once.
+        self._qpos, self._qvel, self._ctrl = self.data.qpos, self.data.qvel, self.data.ctrl
+        self._dt = float(self.dt)
+        if task is not None:
+            self.set_task(task)
+
+    def _simulate(self, action) -> np.ndarray:
+        """Applies `action` (mapped and clipped) for frame_skip physics steps; returns it as applied."""
+        if self._task is None:
+            raise RuntimeError("Call reset() before step().")
+        applied = self._action_map(action)
+        self._ctrl[:] = applied
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        return applied
+
+    def reset(self, *, seed=None, options=None):
+        gym.Env.reset(self, seed=seed)  # seeds np_random before a default task is drawn from it
+        self._prepare_task(options)
+        return super().reset(options=options)
+
+
+class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
+    def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True,
+                 ctrl_cost_weight: float = 0.05, **kwargs):
+        HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        utils.EzPickle.__init__(self, task=task, oracle=oracle, normalized_actions=normalized_actions,
+                                ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self._setup_task(task, oracle, normalized_actions)
+
+    def _get_obs(self):
+        skip = 1 if self._exclude_current_positions_from_observation else 0
+        return np.concatenate((self._qpos[skip:], self._qvel, self._task_obs))
+
+    def step(self, action):
+        x_before = float(self._qpos[0])
+        applied = self._simulate(action)
+        x_after = float(self._qpos[0])
+        velocity = (x_after - x_before) / self._dt
+        reward_forward = self.family.forward_reward(velocity, self._task)
+        ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
+        reward = reward_forward - ctrl_cost
+        info = {"x_position": x_after, "x_velocity": velocity,
+                "reward_forward": reward_forward, "reward_ctrl": -ctrl_cost}
+        return self._get_obs(), reward, False, False, info
+
+
+class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
+    """Half-cheetah goal velocity: v* ~ U[0, 2], r = -|v - v*| - 0.05 |a|^2 (horizon 200)."""
+    family = VelocityTasks(0.0, 2.0)
+
+
+class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
+    """Half-cheetah forward/backward: d = +-1, r = d * v - 0.05 |a|^2 (horizon 200)."""
+    family = DirectionTasks()
+
+
+class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
+    def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True, **kwargs):
+        AntEnv.__init__(self, **kwargs)
+        utils.EzPickle.__init__(self, task=task, oracle=oracle, normalized_actions=normalized_actions,
+                                **kwargs)
+        self._setup_task(task, oracle, normalized_actions)
+        self._cfrc_ext = self.data.cfrc_ext
+        self._contact_low, self._contact_high = map(float, self._contact_force_range)
+
+    def _contact_forces(self) -> np.ndarray:
+        return np.minimum(np.maximum(self._cfrc_ext, self._contact_low), self._contact_high)
+
+    def _get_obs(self, contact_forces=None):
+        parts = [self._qpos[2:] if self._exclude_current_positions_from_observation else self._qpos,
+                 self._qvel]
+        if self._include_cfrc_ext_in_observation:
+            forces = self._contact_forces() if contact_forces is None else contact_forces
+            parts.append(forces[1:].ravel())
+        parts.append(self._task_obs)
+        return np.concatenate(parts)
+
+    def step(self, action):
+        qpos = self._qpos
+        x_before, y_before = float(qpos[0]), float(qpos[1])
+        applied = self._simulate(action)
+        mujoco.mj_rnePostConstraint(self.model, self.data)  # fills cfrc_ext (as gymnasium does)
+        x_after, y_after = float(qpos[0]), float(qpos[1])
+        x_velocity = (x_after - x_before) / self._dt
+        y_velocity = (y_after - y_before) / self._dt
+        reward_forward = self.family.forward_reward(x_velocity, self._task)
+        ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
+        forces = self._contact_forces()
+        contact_cost = self._contact_cost_weight * float(np.sum(forces * forces))
+        z_low, z_high = self._healthy_z_range
+        healthy = bool(z_low <= qpos[2] <= z_high and np.isfinite(qpos).all()
+                       and np.isfinite(self._qvel).all())
+        reward_survive = self._healthy_reward if healthy else 0.0
+        reward = reward_forward + reward_survive - ctrl_cost - contact_cost
+        terminated = (not healthy) and self._terminate_when_unhealthy
+        info = {"x_position": x_after, "y_position": y_after,
+                "x_velocity": x_velocity, "y_velocity": y_velocity,
+                "reward_forward": reward_forward, "reward_ctrl": -ctrl_cost,
+                "reward_contact": -contact_cost, "reward_survive": reward_survive,
+                "is_healthy": float(healthy)}
+        return self._get_obs(forces), reward, terminated, False, info
+
+
+class AntVelEnv(_AntTaskEnv):
+    """Ant goal velocity: v* ~ U[0, 3], forward term -|v - v*| plus Ant-v5's other terms."""
+    family = VelocityTasks(0.0, 3.0)
+
+
+class AntDirEnv(_AntTaskEnv):
+    """Ant forward/backward: d = +-1, forward term d * v plus Ant-v5's other terms."""
+    family = DirectionTasks()

@@ -1,0 +1,385 @@
+"""Batched lockstep rollouts: R episodes for each of M tasks, one policy call per time step.
+
+    with Sampler("maml_tf/HalfCheetahVel-v0") as sampler:          # starts one worker per core
+        tasks = sampler.sample_tasks(40, np.random.default_rng(0))
+        episodes = sampler.sample(tasks, policy_fn, rollouts_per_task=20, seed=1)
+
+At each time step t the sampler calls ``policy_fn(obs)`` once for all M*R environments, with
+``obs`` of shape [M, R, obs_dim] (dtype float32 by default; row [m, r] is episode r of task m), and
+expects actions of shape [M, R, act_dim] (or [M*R, act_dim]; numpy, or anything ``np.asarray``
+accepts, e.g. an eager tf.Tensor). Environments whose episode has ended still appear in ``obs``
+(frozen at their last observation) and their actions are ignored. The policy samples its own
+actions, so it owns that randomness; for reproducible rollouts, seed it.
+
+Physics is stepped by ``num_workers`` processes, each owning an interleaved share of the M*R
+environments (env i goes to worker i % num_workers) and stepping it one env after another; actions go out and observations, rewards and
+termination flags come back over pipes. ``num_workers=0`` steps everything in this process.
+
+Workers are started with multiprocessing's "spawn" method (safe next to TensorFlow's threads), so
+a script that creates a Sampler needs the usual ``if __name__ == "__main__":`` guard (absl's
+``app.run(main)`` idiom has it).
+
+Reproducibility: episode r of task m is reset with the seed ``rollout_seed(seed, m, r)``, and
+MuJoCo is deterministic, so the same (tasks, policy, seed) gives identical episodes whatever the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from typing import Callable, Sequence
+
+import numpy as np
+
+from rl import envs as rl_envs
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Episodes:
+    """Padded episodes of M tasks x R rollouts x T steps (T = horizon).
+
+    Steps after an episode's end have mask 0 and zeros in obs, actions, rewards and infos.
+    ``actions`` are as returned by the policy (before the environment clips them).
+    """
+
+    obs: np.ndarray         # [M, R, T, obs_dim]  observation at step t (the policy's input)
+    actions: np.ndarray     # [M, R, T, act_dim]
+    rewards: np.ndarray     # [M, R, T]           reward of step t
+    mask: np.ndarray        # [M, R, T]           1.0 while the episode is alive, else 0.0
+    lengths: np.ndarray     # [M, R] int32        number of steps taken (= mask.sum(-1))
+    terminated: np.ndarray  # [M, R] bool         ended by the environment (goal, fall), not the horizon
+    final_obs: np.ndarray   # [M, R, obs_dim]     observation after the last step
+    tasks: np.ndarray       # [M] or [M, task_dim] task parameters
+    infos: dict             # name -> [M, R, T]   per-step info values requested with `info_keys`
+
+    @property
+    def num_tasks(self) -> int:
+        return self.rewards.shape[0]
+
+    @property
+    def rollouts_per_task(self) -> int:
+        return self.rewards.shape[1]
+
+    @property
+    def horizon(self) -> int:
+        return self.rewards.shape[2]
+
+    @property
+    def num_steps(self) -> int:
+        """Environment steps taken in total."""
+        return int(self.lengths.sum())
+
+    def returns(self) -> np.ndarray:
+        """Undiscounted return of each episode, [M, R]."""
+        return self.rewards.sum(axis=-1)
+
+    def average_return(self) -> float:
+        return float(self.returns().mean())
+
+
+def rollout_seed(seed: int, task_index: int, rollout_index: int) -> int:
+    """The environment reset seed of episode `rollout_index` of task `task_index`."""
+    return int(np.random.SeedSequence([seed, task_index, rollout_index]).generate_state(1)[0])
+
+
+class _EnvGroup:
+    """A slice of environments, stepped one after another (in a worker process or in-process)."""
+
+    def __init__(self, env_id: str, env_kwargs: dict, info_keys: tuple):
+        self._env_id = env_id
+        self._env_kwargs = env_kwargs
+        self._info_keys = info_keys
+        self._envs = []
+        self._obs = None
+        self._alive = np.zeros(0, dtype=bool)
+
+    def run(self, command: str, arg):
+        if command == "reset":
+            return self.reset(*arg)
+        if command == "step":
+            return self.step(arg)
+        if command == "reserve":
+            return self.reserve(arg)
+        raise ValueError(f"Unknown command {command!r}.")
+
+    def reserve(self, n: int) -> None:
+        while len(self._envs) < n:
+            self._envs.append(rl_envs.make_raw(self._env_id, **self._env_kwargs))
+
+    def reset(self, tasks: Sequence, seeds: Sequence[int]) -> np.ndarray:
+        n = len(seeds)
+        self.reserve(n)
+        obs = None
+        for i in range(n):
+            env = self._envs[i]
+            env.set_task(tasks[i])
+            ob, _ = env.reset(seed=int(seeds[i]))
+            if obs is None:
+                obs = np.empty((n, ob.shape[0]), dtype=np.float64)
+            obs[i] = ob
+        self._obs = obs
+        self._alive = np.ones(n, dtype=bool)
+        return obs
+
+    def step(self, actions: np.ndarray):
+        n = len(self._alive)
+        rewards = np.zeros(n)
+        terminated = np.zeros(n, dtype=bool)
+        infos = np.zeros((n, len(self._info_keys)))
+        obs, envs, keys = self._obs, self._envs, self._info_keys
+        for i in np.flatnonzero(self._alive):
+            ob, rewards[i], term, _, info = envs[i].step(actions[i])
+            obs[i] = ob
+            if term:
+                terminated[i] = True
+                self._alive[i] = False
+            for k, key in enumerate(keys):
+                infos[i, k] = info[key]
+        return obs, rewards, terminated, infos
+
+    def close(self) -> None:
+        for env in self._envs:
+            env.close()
+        self._envs = []
+
+
+def _worker_main(conn, env_id: str, env_kwargs: dict, info_keys: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
+    group = _EnvGroup(env_id, env_kwargs, info_keys)
+    conn.send(("ok", None))
+    while True:
+        try:
+            command, arg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if command == "close":
+            break
+        try:
+            out = group.run(command, arg)
+            conn.send(("ok", out))
+        except Exception:  # reported to the parent, which raises it
+            conn.send(("error", traceback.format_exc()))
+    group.close()
+    conn.close()
+
+
+def default_num_workers() -> int:
+    """The number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Sampler:
+    """Collects episodes of `env_id` for many tasks in lockstep (see the module docstring).
+
+    Args:
+      env_id: a registered id of `rl.envs` (ValueError otherwise).
+      num_workers: worker processes stepping the physics; None = one per CPU core; 0 = in-process.
+      horizon: episode length T; default the environment's time limit (100 or 200).
+      env_kwargs: keyword arguments for the environment constructor.
+      info_keys: names of per-step `info` values to record in `Episodes.infos`.
+      dtype: dtype of the observations given to the policy and of the returned arrays.
+      start_method: multiprocessing start method of the workers ("spawn" is safe with TensorFlow).
+    """
+
+    def __init__(self, env_id: str, *, num_workers: int | None = None, horizon: int | None = None,
+                 env_kwargs: dict | None = None, info_keys: Sequence[str] = (),
+                 dtype=np.float32, start_method: str = "spawn"):
+        self.env_id = env_id
+        self.horizon = int(horizon) if horizon is not None else rl_envs.horizon(env_id)
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {self.horizon}.")
+        self.env_kwargs = dict(env_kwargs or {})
+        self.info_keys = tuple(info_keys)
+        self.dtype = np.dtype(dtype)
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}.")
+        self._closed = True
+        self._conns, self._procs, self._group = [], [], None
+
+        probe = rl_envs.make_raw(env_id, **self.env_kwargs)
+        self.env_class = type(probe)
+        self.observation_space = probe.observation_space
+        self.action_space = probe.action_space
+        self.obs_dim = probe.observation_space.shape[0]
+        self.act_dim = probe.action_space.shape[0]
+        probe.reset(seed=0)
+        info = probe.step(np.zeros(self.act_dim))[4]
+        missing = [key for key in self.info_keys if key not in info]
+        if missing:
+            raise ValueError(f"info_keys {missing} are not in {env_id}'s info; it has {sorted(info)}.")
+        probe.close()
+
+        self._closed = False
+        if self.num_workers == 0:
+            self._group = _EnvGroup(env_id, self.env_kwargs, self.info_keys)
+            return
+        ctx = mp.get_context(start_method)
+        try:
+            for _ in range(self.num_workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker_main, daemon=True,
+                                   args=(child, env_id, self.env_kwargs, self.info_keys))
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            for conn in self._conns:
+                self._receive(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes (empty when stepping in-process)."""
+        return [proc.pid for proc in self._procs]
+
+    def reserve(self, num_envs: int) -> None:
+        """Creates the environments for batches of up to `num_envs` = tasks x rollouts now, instead
+        of during the first `sample` call that needs them (for steady-state timings)."""
+        if self._closed:
+            raise RuntimeError("This Sampler is closed.")
+        n = int(num_envs)
+        self._run("reserve", n, lambda part: len(range(n)[part]))
+
+    # ----------------------------------------------------------------------------------------------
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` task parameters of this environment's family."""
+        return self.env_class.sample_tasks(n, rng)
+
+    def sample(self, tasks: Sequence, policy_fn: PolicyFn, rollouts_per_task: int,
+               seed: int) -> Episodes:
+        """Runs `rollouts_per_task` episodes of each task in `tasks` to the horizon or their end."""
+        if self._closed:
+            raise RuntimeError("This Sampler is closed.")
+        family = self.env_class.family
+        tasks = [family.validate(task) for task in tasks]
+        M, R, T = len(tasks), int(rollouts_per_task), self.horizon
+        if M < 1 or R < 1:
+            raise ValueError(f"Need at least one task and one rollout per task, got {M} and {R}.")
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        N, d, k = M * R, self.obs_dim, self.act_dim
+        env_tasks = [tasks[i // R] for i in range(N)]
+        seeds = [rollout_seed(int(seed), i // R, i % R) for i in range(N)]
+
+        obs = np.empty((N, d))
+        for part, ob in self._run("reset", N, lambda part: (env_tasks[part], seeds[part])):
+            obs[part] = ob
+
+        out_obs = np.zeros((N, T, d), self.dtype)
+        out_act = np.zeros((N, T, k), self.dtype)
+        rewards = np.zeros((N, T), self.dtype)
+        mask = np.zeros((N, T), self.dtype)
+        infos = np.zeros((len(self.info_keys), N, T), self.dtype)
+        lengths = np.zeros(N, np.int32)
+        terminated = np.zeros(N, bool)
+        alive = np.ones(N, bool)
+        for t in range(T):
+            out_obs[alive, t] = obs[alive]
+            mask[:, t] = alive
+            actions = self._call_policy(policy_fn, obs.astype(self.dtype).reshape(M, R, d), M, R)
+            out_act[alive, t] = actions[alive]
+            ended = np.zeros(N, bool)
+            for part, (ob, rew, term, inf) in self._run("step", N, lambda part: actions[part]):
+                obs[part] = ob
+                rewards[part, t] = rew
+                ended[part] = term
+                infos[:, part, t] = inf.T
+            lengths += alive
+            terminated |= ended & alive
+            alive &= ~ended
+            if not alive.any():
+                break
+
+        return Episodes(
+            obs=out_obs.reshape(M, R, T, d), actions=out_act.reshape(M, R, T, k),
+            rewards=rewards.reshape(M, R, T), mask=mask.reshape(M, R, T),
+            lengths=lengths.reshape(M, R), terminated=terminated.reshape(M, R),
+            final_obs=obs.astype(self.dtype).reshape(M, R, d), tasks=np.asarray(tasks),
+            infos={key: infos[i].reshape(M, R, T) for i, key in enumerate(self.info_keys)})
+
+    # ----------------------------------------------------------------------------------------------
+    def _call_policy(self, policy_fn: PolicyFn, obs: np.ndarray, M: int, R: int) -> np.ndarray:
+        actions = np.asarray(policy_fn(obs), dtype=np.float64)
+        if actions.shape not in ((M, R, self.act_dim), (M * R, self.act_dim)):
+            raise ValueError(f"policy_fn must return actions of shape {(M, R, self.act_dim)} or "
+                             f"{(M * R, self.act_dim)}, got {actions.shape}.")
+        return actions.reshape(M * R, self.act_dim)
+
+    def _parts(self, n: int) -> list[slice]:
+        """Environment i of a batch of n belongs to worker i % num_workers (interleaved, so every
+        worker gets a share of every task and early terminations balance out)."""
+        w = max(self.num_workers, 1)
+        return [slice(i, n, w) for i in range(min(w, n))]
+
+    def _run(self, command: str, n: int, make_arg):
+        """Sends `command` with each part's argument to its env group; returns [(part, result)]."""
+        if self._group is not None:
+            part = slice(0, n)
+            return [(part, self._group.run(command, make_arg(part)))]
+        parts = self._parts(n)
+        results = []
+        try:
+            for conn, part in zip(self._conns, parts):
+                conn.send((command, make_arg(part)))
+            for conn, part in zip(self._conns, parts):
+                results.append((part, self._receive(conn)))
+        except BaseException:
+            self.close()  # replies may be pending: the workers' state is unknown
+            raise
+        return results
+
+    @staticmethod
+    def _receive(conn):
+        try:
+            status, out = conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError("A sampler worker process exited unexpectedly.") from None
+        if status != "ok":
+            raise RuntimeError(f"A sampler worker failed:\n{out}")
+        return out
+
+    def close(self) -> None:
+        """Stops the worker processes (idempotent)."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

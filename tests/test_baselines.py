@@ -1,0 +1,97 @@
+"""Tests of discounted returns, the linear feature baseline and GAE against direct computations."""
+
+import numpy as np
+import pytest
+
+from rl import baselines
+
+
+def padded_batch(M=3, R=4, T=12, d=3, seed=0):
+    """Random rewards/obs with random episode lengths (some full length); mask 1 while alive."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, T + 1, size=(M, R))
+    lengths[0, 0] = T
+    mask = (np.arange(T) < lengths[..., None]).astype(np.float64)
+    rewards = rng.normal(size=(M, R, T)) * mask
+    obs = rng.normal(size=(M, R, T, d)) * 4 * mask[..., None]
+    return rewards, obs, mask, lengths
+
+
+def loop_returns(rewards, length, discount):
+    return np.array([sum(discount**k * rewards[t + k] for k in range(length - t))
+                     for t in range(length)])
+
+
+def test_discounted_returns_match_a_per_episode_loop():
+    rewards, _, mask, lengths = padded_batch()
+    returns = baselines.discounted_returns(rewards, mask, 0.9)
+    for m, r in np.ndindex(lengths.shape):
+        n = lengths[m, r]
+        np.testing.assert_allclose(returns[m, r, :n], loop_returns(rewards[m, r], n, 0.9))
+        assert not returns[m, r, n:].any()
+
+
+def test_features_are_clipped_obs_squares_scaled_time_and_constant():
+    obs = np.array([[[0.5, -20.0], [2.0, 3.0], [1.0, 1.0]]])  # [1, T=3, d=2]
+    mask = np.array([[1.0, 1.0, 0.0]])
+    phi = baselines.linear_features(obs, mask)
+    assert phi.shape == (1, 3, 2 * 2 + 4)
+    np.testing.assert_allclose(phi[0, 0], [0.5, -10.0, 0.25, 100.0, 0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(phi[0, 1], [2.0, 3.0, 4.0, 9.0, 0.01, 1e-4, 1e-6, 1.0])
+    assert not phi[0, 2].any()
+
+
+def test_baseline_fit_equals_least_squares_per_task():
+    rewards, obs, mask, lengths = padded_batch(d=2)
+    returns = baselines.discounted_returns(rewards, mask, 0.99)
+    reg = 1e-3
+    values = baselines.linear_baseline(obs, returns, mask, reg=reg)
+    for m in range(obs.shape[0]):
+        # Direct solution: numpy lstsq on the alive steps of task m, ridge term as extra rows.
+        alive = mask[m] > 0
+        o = np.clip(obs[m][alive], -10, 10)
+        s = np.nonzero(alive)[1][:, None] / 100.0
+        phi = np.hstack([o, o**2, s, s**2, s**3, np.ones_like(s)])
+        a = np.vstack([phi, np.sqrt(reg) * np.eye(phi.shape[1])])
+        b = np.concatenate([returns[m][alive], np.zeros(phi.shape[1])])
+        w, *_ = np.linalg.lstsq(a, b, rcond=None)
+        np.testing.assert_allclose(values[m][alive], phi @ w, rtol=1e-6, atol=1e-8)
+        assert not values[m][~alive].any()
+
+
+def test_baseline_recovers_an_exactly_linear_target():
+    _, obs, mask, _ = padded_batch(M=2, R=6, T=20, d=2, seed=1)
+    phi = baselines.linear_features(obs, mask)
+    w = np.random.default_rng(2).normal(size=(2, phi.shape[-1]))
+    target = np.einsum("mrtf,mf->mrt", phi, w)
+    values = baselines.linear_baseline(obs, target, mask, reg=1e-10)
+    np.testing.assert_allclose(values, target, atol=1e-5)
+
+
+def test_gae_with_lambda_one_is_returns_minus_baseline():
+    rewards, obs, mask, _ = padded_batch()
+    values = np.random.default_rng(3).normal(size=mask.shape) * mask
+    advantages = baselines.gae(rewards, values, mask, discount=0.99, lam=1.0)
+    returns = baselines.discounted_returns(rewards, mask, 0.99)
+    np.testing.assert_allclose(advantages, (returns - values) * mask, atol=1e-10)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95])
+def test_gae_matches_a_per_episode_loop(lam):
+    rewards, _, mask, lengths = padded_batch(seed=4)
+    values = np.random.default_rng(5).normal(size=mask.shape)  # junk where masked: must be ignored
+    advantages = baselines.gae(rewards, values, mask, discount=0.9, lam=lam)
+    for m, r in np.ndindex(lengths.shape):
+        n = lengths[m, r]
+        v = np.append(values[m, r, :n], 0.0)  # no bootstrap after the last step
+        deltas = rewards[m, r, :n] + 0.9 * v[1:] - v[:-1]
+        expected = loop_returns(deltas, n, 0.9 * lam)
+        np.testing.assert_allclose(advantages[m, r, :n], expected, atol=1e-10)
+        assert not advantages[m, r, n:].any()
+
+
+def test_advantages_combines_returns_baseline_and_gae():
+    rewards, obs, mask, _ = padded_batch()
+    advantages, returns = baselines.advantages(rewards, obs, mask)
+    values = baselines.linear_baseline(obs, returns, mask)
+    np.testing.assert_allclose(advantages, returns - values, atol=1e-10)

@@ -1,0 +1,177 @@
+"""Tests of the RL task environments: rewards recomputed from simulator state, task ranges, errors."""
+
+import numpy as np
+import pytest
+
+import rl.envs
+
+LOCOMOTION = ["HalfCheetahVel", "HalfCheetahDir", "AntVel", "AntDir"]
+
+
+def _qpos(env):
+    return env.unwrapped.data.qpos.copy()
+
+
+@pytest.mark.parametrize("env_id", rl.envs.ENV_IDS)
+def test_every_id_makes_an_env_with_the_paper_horizon(env_id):
+    env = rl.envs.make(env_id)
+    obs, _ = env.reset(seed=0)
+    assert env.spec.max_episode_steps == (100 if "Navigation" in env_id else 200)
+    assert obs.shape == env.observation_space.shape
+    task = env.unwrapped.get_task()
+    if "Oracle" in env_id:  # the task parameter is appended to the observation
+        np.testing.assert_array_equal(obs[-np.size(task):], np.ravel(task))
+        base = rl.envs.make(env_id.replace("Oracle", ""))
+        assert obs.shape[0] == base.observation_space.shape[0] + np.size(task)
+    env.close()
+
+
+@pytest.mark.parametrize("name", ["HalfCheetahVel", "HalfCheetahDir"])
+def test_half_cheetah_reward_recomputed_from_qpos(name):
+    env = rl.envs.make(f"maml_tf/{name}-v0")
+    rng = np.random.default_rng(1)
+    task = env.unwrapped.sample_tasks(1, rng)[0]
+    env.reset(seed=1, options={"task": task})
+    dt = env.unwrapped.model.opt.timestep * env.unwrapped.frame_skip
+    assert dt == pytest.approx(0.05)
+    for _ in range(25):
+        action = rng.normal(size=6) * 1.5
+        x_before = _qpos(env)[0]
+        _, reward, terminated, _, info = env.step(action)
+        velocity = (_qpos(env)[0] - x_before) / dt
+        applied = np.clip(action, -1.0, 1.0)
+        forward = -abs(velocity - task) if name.endswith("Vel") else task * velocity
+        assert reward == pytest.approx(forward - 0.05 * np.sum(applied**2), abs=1e-9)
+        assert info["x_velocity"] == pytest.approx(velocity, abs=1e-9)
+        assert not terminated
+
+
+@pytest.mark.parametrize("name", ["AntVel", "AntDir"])
+def test_ant_reward_recomputed_from_simulator_state(name):
+    env = rl.envs.make(f"maml_tf/{name}-v0")
+    raw = env.unwrapped
+    rng = np.random.default_rng(2)
+    task = raw.sample_tasks(1, rng)[0]
+    env.reset(seed=2, options={"task": task})
+    dt = raw.model.opt.timestep * raw.frame_skip
+    ended = False
+    for _ in range(200):
+        action = rng.normal(size=8) * 1.5
+        x_before = _qpos(env)[0]
+        _, reward, terminated, _, info = env.step(action)
+        qpos, qvel = _qpos(env), raw.data.qvel.copy()
+        velocity = (qpos[0] - x_before) / dt
+        healthy = np.all(np.isfinite(qpos)) and np.all(np.isfinite(qvel)) and 0.2 <= qpos[2] <= 1.0
+        forward = -abs(velocity - task) if name.endswith("Vel") else task * velocity
+        ctrl_cost = 0.5 * np.sum(np.clip(action, -1.0, 1.0) ** 2)
+        contact_cost = 5e-4 * np.sum(np.clip(raw.data.cfrc_ext, -1.0, 1.0) ** 2)
+        expected = forward + 1.0 * healthy - ctrl_cost - contact_cost
+        assert reward == pytest.approx(expected, abs=1e-9)
+        assert info["reward_contact"] == pytest.approx(-contact_cost, abs=1e-12)
+        assert terminated == (not healthy)  # the ant terminates when unhealthy
+        if terminated:
+            ended = True
+            break
+    assert ended  # strong random actions make the ant jump above z = 1.0 (checks the True case)
+
+
+def test_navigation_reward_and_episode_ends_at_the_goal():
+    env = rl.envs.make("maml_tf/Navigation2D-v0", task=[0.3, -0.45])
+    obs, _ = env.reset(seed=0)
+    goal = np.array([0.3, -0.45])
+    position = np.zeros(2)
+    np.testing.assert_array_equal(obs, position)
+    for step in range(100):
+        # Drive toward the goal at full speed (policy actions in [-1, 1] are scaled by 0.1).
+        action = np.clip((goal - position) / 0.1, -1.0, 1.0)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        position = position + np.clip(0.1 * action, -0.1, 0.1)
+        np.testing.assert_allclose(obs, position, atol=1e-12)
+        assert reward == pytest.approx(-np.linalg.norm(position - goal))
+        if terminated:
+            break
+    assert terminated and not truncated
+    assert np.linalg.norm(position - goal) < 0.01
+    assert step + 1 == 5  # max(|0.3|, |0.45|) / 0.1 rounded up
+
+
+def test_navigation_random_walk_is_truncated_at_100_steps_and_clips_actions():
+    env = rl.envs.make("maml_tf/Navigation2D-v0", normalized_actions=False, task=[0.5, 0.5])
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([5.0, -5.0], dtype=np.float32))
+    assert (info["velocity_x"], info["velocity_y"]) == (0.1, -0.1)
+    steps, done = 1, False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(np.array([-1.0, 1.0], dtype=np.float32))
+        steps += 1
+        done = terminated or truncated
+    assert truncated and steps == 100
+
+
+@pytest.mark.parametrize("env_id,low,high", [
+    ("maml_tf/HalfCheetahVel-v0", 0.0, 2.0), ("maml_tf/AntVel-v0", 0.0, 3.0)])
+def test_velocity_tasks_cover_their_range(env_id, low, high):
+    tasks = rl.envs.env_class(env_id).sample_tasks(2000, np.random.default_rng(0))
+    assert tasks.shape == (2000,)
+    assert low <= tasks.min() < low + 0.02 * high and high - 0.02 * high < tasks.max() <= high
+    assert np.mean(tasks) == pytest.approx((low + high) / 2, abs=0.05 * high)
+
+
+@pytest.mark.parametrize("env_id", ["maml_tf/HalfCheetahDir-v0", "maml_tf/AntDir-v0"])
+def test_direction_tasks_are_plus_minus_one_equally_likely(env_id):
+    tasks = rl.envs.env_class(env_id).sample_tasks(4000, np.random.default_rng(0))
+    assert set(np.unique(tasks)) == {-1.0, 1.0}
+    assert np.mean(tasks == 1.0) == pytest.approx(0.5, abs=0.03)
+
+
+def test_navigation_goals_cover_the_square():
+    goals = rl.envs.Navigation2DEnv.sample_tasks(4000, np.random.default_rng(0))
+    assert goals.shape == (4000, 2)
+    assert np.all(np.abs(goals) <= 0.5)
+    for corner in [(0.5, 0.5), (-0.5, 0.5), (0.5, -0.5), (-0.5, -0.5)]:
+        assert np.min(np.linalg.norm(goals - corner, axis=1)) < 0.05
+
+
+@pytest.mark.parametrize("env_id,bad_task", [
+    ("maml_tf/HalfCheetahVel-v0", -1.0), ("maml_tf/HalfCheetahVel-v0", 2.5),
+    ("maml_tf/HalfCheetahVel-v0", float("nan")), ("maml_tf/HalfCheetahVel-v0", "fast"),
+    ("maml_tf/HalfCheetahVel-v0", [1.0, 1.0]), ("maml_tf/AntVel-v0", 3.5),
+    ("maml_tf/HalfCheetahDir-v0", 0.5), ("maml_tf/AntDir-v0", 0),
+    ("maml_tf/Navigation2D-v0", [0.7, 0.0]), ("maml_tf/Navigation2D-v0", [0.1, 0.1, 0.1]),
+    ("maml_tf/Navigation2D-v0", 0.2), ("maml_tf/Navigation2DOracle-v0", [np.inf, 0.0]),
+])
+def test_a_task_outside_the_family_raises_value_error(env_id, bad_task):
+    env = rl.envs.make_raw(env_id)
+    with pytest.raises(ValueError) as error:
+        env.set_task(bad_task)
+    message = str(error.value)
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_unknown_env_id_raises_value_error_listing_the_valid_ids():
+    with pytest.raises(ValueError, match="maml_tf/AntDir-v0") as error:
+        rl.envs.make("maml_tf/Pendulum-v0")
+    assert "Pendulum" in str(error.value)
+
+
+def test_task_persists_across_resets_and_reset_is_seeded():
+    env = rl.envs.make("maml_tf/HalfCheetahVel-v0", task=1.25)
+    a, _ = env.reset(seed=5)
+    b, _ = env.reset(seed=5)
+    c, _ = env.reset(seed=6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert env.unwrapped.get_task() == 1.25
+
+
+@pytest.mark.parametrize("name", LOCOMOTION)
+def test_observation_is_gymnasiums_v5_observation(name):
+    from gymnasium.envs.mujoco.ant_v5 import AntEnv
+    from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+    parent = AntEnv if name.startswith("Ant") else HalfCheetahEnv
+    env = rl.envs.make_raw(f"maml_tf/{name}-v0")
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        np.testing.assert_array_equal(obs, parent._get_obs(env))
+        obs = env.step(rng.uniform(-1, 1, size=env.action_space.shape))[0]

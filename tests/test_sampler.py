@@ -1,0 +1,138 @@
+"""Tests of the batched sampler against plain single-environment rollouts."""
+
+import numpy as np
+import pytest
+
+import rl.envs
+from rl.sampler import Episodes, Sampler, rollout_seed
+
+CHEETAH = "maml_tf/HalfCheetahVel-v0"
+NAV = "maml_tf/Navigation2D-v0"
+
+
+def gaussian_policy(act_dim, seed, scale=1.0):
+    """A seeded stochastic policy of the sampler's calling convention: [M, R, d] -> [M, R, k]."""
+    rng = np.random.default_rng(seed)
+
+    def policy(obs):
+        mean = np.tanh(obs[..., :1]) * np.ones(act_dim)
+        return mean + scale * rng.normal(size=obs.shape[:-1] + (act_dim,))
+    return policy
+
+
+def reference_rollout(env_id, task, seed, actions, horizon):
+    """One episode with a plain env loop, replaying `actions`: (obs, rewards, terminated)."""
+    env = rl.envs.make_raw(env_id, task=task)
+    ob, _ = env.reset(seed=seed)
+    obs, rewards, terminated = [], [], False
+    for t in range(horizon):
+        obs.append(ob)
+        ob, reward, terminated, _, _ = env.step(actions[t])
+        rewards.append(reward)
+        if terminated:
+            break
+    return np.array(obs), np.array(rewards), terminated, ob
+
+
+@pytest.fixture(scope="module")
+def cheetah_sampler():
+    with Sampler(CHEETAH, num_workers=2, horizon=15, info_keys=("x_velocity",)) as sampler:
+        yield sampler
+
+
+def test_episodes_match_single_env_rollouts_and_worker_count(cheetah_sampler):
+    tasks = cheetah_sampler.sample_tasks(3, np.random.default_rng(0))
+    policy, returned = gaussian_policy(6, seed=1), []
+
+    def recording_policy(obs):
+        returned.append(policy(obs))
+        return returned[-1]
+    episodes = cheetah_sampler.sample(tasks, recording_policy, rollouts_per_task=2, seed=7)
+    returned = np.stack(returned, axis=2)  # [M, R, T, 6], float64 as the envs received them
+    np.testing.assert_array_equal(episodes.actions, returned.astype(np.float32))
+    assert isinstance(episodes, Episodes)
+    assert episodes.obs.shape == (3, 2, 15, 17) and episodes.actions.shape == (3, 2, 15, 6)
+    assert episodes.rewards.shape == episodes.mask.shape == (3, 2, 15)
+    assert episodes.mask.all() and (episodes.lengths == 15).all() and not episodes.terminated.any()
+    for m in range(3):
+        for r in range(2):
+            obs, rewards, _, final = reference_rollout(
+                CHEETAH, tasks[m], rollout_seed(7, m, r), returned[m, r], 15)
+            np.testing.assert_allclose(episodes.obs[m, r], obs, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(episodes.rewards[m, r], rewards, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(episodes.final_obs[m, r], final, rtol=1e-6, atol=1e-6)
+    # Same seed, different worker count (here: in-process) -> identical episodes.
+    with Sampler(CHEETAH, num_workers=0, horizon=15, info_keys=("x_velocity",)) as local:
+        again = local.sample(tasks, gaussian_policy(6, seed=1), rollouts_per_task=2, seed=7)
+    for field in ["obs", "actions", "rewards", "mask", "lengths", "final_obs"]:
+        np.testing.assert_array_equal(getattr(episodes, field), getattr(again, field))
+    np.testing.assert_array_equal(episodes.infos["x_velocity"], again.infos["x_velocity"])
+
+
+def test_same_seed_same_rollouts_other_seed_other_rollouts(cheetah_sampler):
+    tasks = [0.5, 1.5]
+    a = cheetah_sampler.sample(tasks, gaussian_policy(6, seed=3), 2, seed=11)
+    b = cheetah_sampler.sample(tasks, gaussian_policy(6, seed=3), 2, seed=11)
+    c = cheetah_sampler.sample(tasks, gaussian_policy(6, seed=3), 2, seed=12)
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    np.testing.assert_array_equal(a.obs, b.obs)
+    assert not np.array_equal(a.obs[:, :, 0], c.obs[:, :, 0])  # other reset noise
+
+
+def test_policy_sees_tasks_on_axis_0_and_may_return_flat_actions(cheetah_sampler):
+    seen = []
+
+    def policy(obs):
+        seen.append(obs.shape)
+        return np.zeros((obs.shape[0] * obs.shape[1], 6), np.float32)
+    cheetah_sampler.reserve(12)
+    cheetah_sampler.sample([1.0, 2.0, 0.0], policy, rollouts_per_task=4, seed=0)
+    assert seen == [(3, 4, 17)] * 15
+
+
+def test_bad_policy_output_and_bad_tasks_raise_value_error(cheetah_sampler):
+    with pytest.raises(ValueError, match="shape"):
+        cheetah_sampler.sample([1.0], lambda obs: np.zeros((1, 1, 5)), 1, seed=0)
+    with pytest.raises(ValueError, match="outside"):
+        cheetah_sampler.sample([1.0, -1.0], gaussian_policy(6, 0), 1, seed=0)
+    # The sampler still works after those errors.
+    assert cheetah_sampler.sample([1.0], gaussian_policy(6, 0), 1, seed=0).num_steps == 15
+
+
+def test_terminated_episodes_are_masked_and_padded_with_zeros():
+    goals = np.array([[0.3, -0.2], [-0.45, 0.05]])
+
+    def policy(obs):  # heads to the goal until a few steps before it, then random: lengths differ
+        direction = np.clip((goals[:, None, :] - obs) / 0.1, -1, 1)
+        return direction * np.array([1.0, 0.5, 0.0])[None, :, None]
+    with Sampler(NAV, num_workers=0) as sampler:
+        episodes = sampler.sample(goals, policy, rollouts_per_task=3, seed=0)
+    assert episodes.horizon == 100
+    np.testing.assert_array_equal(episodes.lengths, episodes.mask.sum(-1))
+    np.testing.assert_array_equal(episodes.terminated[:, :2], True)
+    np.testing.assert_array_equal(episodes.terminated[:, 2], False)  # zero action never arrives
+    assert (episodes.lengths[:, 2] == 100).all() and (episodes.lengths[:, 0] < 10).all()
+    dead = episodes.mask == 0
+    assert dead.any()
+    assert not episodes.rewards[dead].any() and not episodes.obs[dead].any()
+    # Rewards are minus the distance to the goal after each move.
+    m, r = 0, 1
+    n = episodes.lengths[m, r]
+    positions = np.cumsum(np.clip(0.1 * episodes.actions[m, r, :n], -0.1, 0.1), axis=0)
+    np.testing.assert_allclose(episodes.rewards[m, r, :n],
+                               -np.linalg.norm(positions - goals[m], axis=-1), atol=1e-6)
+
+
+def test_closed_sampler_refuses_work_and_close_is_idempotent():
+    sampler = Sampler(NAV, num_workers=0, horizon=3)
+    sampler.close()
+    sampler.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        sampler.sample([[0.1, 0.1]], lambda obs: np.zeros(obs.shape), 1, seed=0)
+
+
+def test_unknown_env_id_and_info_key_raise_value_error():
+    with pytest.raises(ValueError, match="valid ids"):
+        Sampler("maml_tf/Nope-v0", num_workers=0)
+    with pytest.raises(ValueError, match="info_keys"):
+        Sampler(NAV, num_workers=0, info_keys=("nope",))
