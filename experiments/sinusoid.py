@@ -209,14 +209,15 @@ def figures(trained: dict, results: dict, logdir: str) -> None:
         task_loss = maml.supervised_loss(make_forward(model), maml.mse)
         w = get_weights(model)
         ax.plot(xs[0, :, 0], truth, "r-", lw=2, label="ground truth")
-        styles = {0: ("g:", "pre-update"), 1: ("g--", "1 grad step"), 10: ("g-", "10 grad steps")}
+        styles = {0: (":", "lightgreen", "pre-update"), 1: ("--", "green", "1 grad step"),
+                  10: ("-", "darkgreen", "10 grad steps")}
         fast, done = w, 0
         for n in (0, 1, 10):
             while done < n:
                 fast = maml.inner_update(task_loss, fast, (t.support_x[0], t.support_y[0]), finetune_lr(method, k))
                 done += 1
             pred = make_forward(model)(fast, xs[0]).numpy()[:, 0]
-            ax.plot(xs[0, :, 0], pred, styles[n][0], color=None if n else "lightgreen", label=styles[n][1])
+            ax.plot(xs[0, :, 0], pred, styles[n][0], color=styles[n][1], label=styles[n][2])
         ax.plot(t.support_x[0, :, 0], t.support_y[0, :, 0], "k^", ms=8, label=f"{k} points used for gradient")
         ax.set_title({"maml": "MAML, K=5", "pretrained": "pretrained, K=5, step size %g" % finetune_lr(method, k)}[method])
         ax.set_xlabel("x")
@@ -270,7 +271,6 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     logdir = FLAGS.logdir
-    t0 = time.time()
     trained, training = {}, {}
     for method in FLAGS.methods:
         mdir = os.path.join(logdir, method)
@@ -282,6 +282,7 @@ def main(argv):
             its, wall = res.iterations, res.wall_time_s
         trained[method] = model
         training[method] = {"iterations": its, "wall_time_s": round(wall, 1)}
+    t_eval = time.time()
     results = evaluate_all(trained)
     print_table(results)
 
@@ -298,7 +299,8 @@ def main(argv):
         "config": config_dict(),
         "seed": FLAGS.seed,
         "iterations": training.get("maml", next(iter(training.values())))["iterations"],
-        "wall_time_s": round(sum(t["wall_time_s"] for t in training.values()) + time.time() - t0, 1),
+        # training time of every method (summed over resumed sessions) plus this evaluation
+        "wall_time_s": round(sum(t["wall_time_s"] for t in training.values()) + time.time() - t_eval, 1),
         "training": training,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "tensorflow": tf.__version__, "keras": keras.__version__},

@@ -13,6 +13,7 @@ the statistics of the current batch (see ``call(..., training=True)``).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict
 
 import keras
@@ -50,8 +51,15 @@ def call(model: keras.Model, weights: Weights, inputs, training: bool = True):
         trainable = [weights[v.path] for v in model.trainable_variables]
     except KeyError as e:
         raise KeyError(f"The weight dictionary has no entry {e}, which the model needs.") from None
-    outputs, _ = model.stateless_call(trainable, model.non_trainable_variables, inputs, training=training)
+    kwargs = {"training": training} if _accepts_training(model) else {}
+    outputs, _ = model.stateless_call(trainable, model.non_trainable_variables, inputs, **kwargs)
     return outputs
+
+
+def _accepts_training(model: keras.Model) -> bool:
+    """Keras passes ``training`` only to models whose ``call`` takes it; so do we."""
+    params = inspect.signature(model.call).parameters.values()
+    return any(p.name == "training" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def make_forward(model: keras.Model, training: bool = True) -> Callable[[Weights, tf.Tensor], tf.Tensor]:

@@ -114,12 +114,16 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkp
     return path
 
 
-def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, step: Callable[[Any], dict],
+def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], step: Callable[[Any], dict],
           batch_for_iteration: Callable[[int], Any], iterations: int, logdir: str,
           checkpoint_every: int = 1000, log_every: int = 100,
           validate: Optional[Callable[[], float]] = None, validate_every: int = 0,
           name: str = "meta-train", verbose: bool = True) -> TrainResult:
     """Run (or resume) ``iterations`` steps of ``step(batch_for_iteration(i))``.
+
+    ``step`` is usually a compiled step from :func:`make_train_step`, but any callable returning a dict
+    of scalars works (the RL learner's step samples rollouts and applies TRPO; it passes
+    ``optimizer=None`` and keeps its state in the model).
 
     Resumes from the latest checkpoint in ``<logdir>/ckpt``. Saves every ``checkpoint_every``
     iterations, at the end, and on Ctrl-C. ``validate()`` returns a score (higher is better); the

@@ -1,0 +1,77 @@
+"""The meta-training loop: exact resume, incompatible checkpoints, divergence."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from data.sinusoid import SinusoidTasks
+from maml_tf import functional, maml, models
+from maml_tf.training import CheckpointError, check_config, make_train_step, train
+
+
+def setup(seed=0, hidden=(8,)):
+    keras.utils.set_random_seed(seed)
+    model = models.mlp_regressor(hidden=hidden)
+    opt = keras.optimizers.Adam(1e-3)
+    task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
+
+    def objective(weights, batch):
+        return maml.meta_objective(task_loss, weights, batch[0], batch[1], 1, 0.01), {}
+
+    tasks = SinusoidTasks(5, 5)
+
+    def batch_for(i):
+        b = tasks.sample(4, np.random.default_rng([seed, i]))
+        return b.support, b.query
+
+    return model, opt, make_train_step(model, opt, objective), batch_for
+
+
+def weights_of(model):
+    return {v.path: v.numpy().copy() for v in model.trainable_variables}
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    model, opt, step, batch_for = setup()
+    train(model, opt, step, batch_for, 30, str(tmp_path / "straight"), checkpoint_every=10, verbose=False)
+    straight = weights_of(model)
+
+    model, opt, step, batch_for = setup()
+    res = train(model, opt, step, batch_for, 17, str(tmp_path / "resumed"), checkpoint_every=10, verbose=False)
+    assert res.iterations == 17
+    model, opt, step, batch_for = setup()  # a fresh process would rebuild everything
+    res = train(model, opt, step, batch_for, 30, str(tmp_path / "resumed"), checkpoint_every=10, verbose=False)
+    assert res.iterations == 30
+    for k, v in weights_of(model).items():
+        np.testing.assert_allclose(v, straight[k], rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_of_another_model_is_refused_in_one_sentence(tmp_path):
+    model, opt, step, batch_for = setup(hidden=(8,))
+    train(model, opt, step, batch_for, 2, str(tmp_path), verbose=False)
+    model, opt, step, batch_for = setup(hidden=(9,))
+    with pytest.raises(CheckpointError, match="does not fit this model") as e:
+        train(model, opt, step, batch_for, 4, str(tmp_path), verbose=False)
+    assert "\n" not in str(e.value)
+
+
+def test_changed_settings_are_refused(tmp_path):
+    check_config(str(tmp_path), {"inner_lr": 0.01, "eval_tasks": 600}, ["inner_lr"])
+    check_config(str(tmp_path), {"inner_lr": 0.01, "eval_tasks": 100}, ["inner_lr"])  # eval settings may change
+    with pytest.raises(CheckpointError, match="inner_lr=0.01 but this run asks for inner_lr=0.1"):
+        check_config(str(tmp_path), {"inner_lr": 0.1}, ["inner_lr"])
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    model, opt, step, batch_for = setup()
+
+    def bad_step(batch):
+        out = step(batch)
+        return {"loss": out["loss"] * np.nan}
+
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train(model, opt, bad_step, batch_for, 5, str(tmp_path), log_every=1, verbose=False)
