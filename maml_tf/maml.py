@@ -29,7 +29,7 @@ from maml_tf.functional import Weights
 
 TaskLoss = Callable[[Weights, Any], tf.Tensor]
 LearningRate = Union[float, Sequence[float]]
-LAYOUTS = ("vectorized", "loop")
+LAYOUTS = ("vectorized", "loop", "batched")
 
 
 def step_size(inner_lr: LearningRate, step: int) -> float:
@@ -75,7 +75,7 @@ def per_task(fn: Callable[[Any], Any], batch, layout: str = "vectorized"):
     ``tf.vectorized_map``; ``"loop"`` runs the tasks one after another (unrolled in a
     ``tf.function``), which is the plain reference implementation.
     """
-    if layout == "vectorized":
+    if layout in ("vectorized", "batched"):  # "batched" only changes whole meta-objectives (maml_tf/batched.py)
         return tf.vectorized_map(fn, batch)
     if layout == "loop":
         num_tasks = tf.nest.flatten(batch)[0].shape[0]
@@ -93,6 +93,9 @@ def meta_objective(task_loss: TaskLoss, weights: Weights, support, query, steps:
 
     ``query_loss`` defaults to ``task_loss`` (RL uses a different outer objective).
     """
+    if layout == "batched":  # tasks folded into one batch, for supported models (maml_tf/batched.py)
+        from maml_tf import batched
+        return batched.meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, query_loss)
     query_loss = query_loss or task_loss
 
     def one_task(data):

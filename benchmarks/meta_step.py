@@ -1,0 +1,241 @@
+r"""Benchmark: milliseconds per Omniglot meta-training iteration, fast layout against the plain loop.
+
+One iteration = the compiled step of the experiments (``maml_tf.training.make_train_step``): forward
+pass, second-order meta-gradient through the inner loop, Adam update. Settings (paper, conv net,
+K query examples per class as in training):
+
+    5way1shot    meta-batch 32, 1 inner step, inner lr 0.4
+    20way1shot   meta-batch 16, 5 inner steps, inner lr 0.1
+
+The denominator is the plain reference, ``maml.meta_objective(..., layout="loop")`` under
+``tf.function`` with TensorFlow's default threading, measured in the same run. Every variant runs in
+its own subprocess (so each has its own peak RSS) that compiles once and then times windows of
+``--iters`` iterations on command; the parent interleaves the windows of all variants (rotating the
+order) so that changes in background load hit all of them alike, and reports medians. Besides wall
+time it reports CPU time per iteration (insensitive to other jobs, but blind to parallelism).
+
+Prints one JSON line per setting::
+
+    {"setting": "5way1shot", "ms_per_iter": ..., "loop_ms_per_iter": ..., "speedup": ...,
+     "peak_rss_mb": ..., "loop_peak_rss_mb": ..., "variants": {...}, "load_avg": [...], ...}
+
+``ms_per_iter``/``peak_rss_mb`` describe the first of ``--variants``; ``variants`` holds every
+variant's numbers. A variant is ``layout[+xla][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``,
+``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``.
+
+    python benchmarks/meta_step.py
+    python benchmarks/meta_step.py --settings=5way1shot --variants=batched,batched@1x1,loop@1x1 --windows=5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+SETTINGS = {
+    "5way1shot": dict(num_ways=5, num_shots=1, meta_batch_size=32, num_inner_steps=1, inner_lr=0.4),
+    "20way1shot": dict(num_ways=20, num_shots=1, meta_batch_size=16, num_inner_steps=5, inner_lr=0.1),
+}
+LAYOUTS = ("loop", "vectorized", "batched")
+VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
+
+flags.DEFINE_list("settings", list(SETTINGS), f"Settings to run: {', '.join(SETTINGS)}.")
+flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][@INTRAxINTER].")
+flags.DEFINE_string("reference", "loop", "The denominator variant.")
+flags.DEFINE_integer("iters", 5, "Iterations per timed window.", lower_bound=1)
+flags.DEFINE_integer("windows", 3, "Timed windows per variant (interleaved across variants).", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed iterations after compilation.", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Seed of the weights and of the random episodes.")
+flags.DEFINE_string("child", None, "Internal: run one variant as a worker (setting:variant).")
+flags.register_validator("settings", lambda v: len(v) > 0 and set(v) <= set(SETTINGS),
+                         f"--settings takes a comma-separated subset of {','.join(SETTINGS)}.")
+flags.register_validator("variants", lambda v: len(v) > 0 and all(_parse_ok(s) for s in v),
+                         "--variants takes specs like batched, loop@1x1 or batched+xla (layouts: "
+                         + ", ".join(LAYOUTS) + ").")
+flags.register_validator("reference", lambda s: _parse_ok(s), "--reference takes a spec like loop or loop@1x1.")
+FLAGS = flags.FLAGS
+
+
+def _parse_ok(spec: str) -> bool:
+    m = VARIANT.match(spec)
+    return bool(m) and m.group("layout") in LAYOUTS
+
+
+def parse_variant(spec: str) -> dict:
+    m = VARIANT.match(spec)
+    return {"layout": m.group("layout"), "jit_compile": bool(m.group("xla")),
+            "intra_op_threads": int(m.group("intra") or 0), "inter_op_threads": int(m.group("inter") or 0)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker: one variant of one setting
+
+
+def _rss_mb() -> tuple[float, float]:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    current = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024.0
+    return peak, current
+
+
+def run_child(setting: str, spec: str) -> None:
+    cfg, var = SETTINGS[setting], parse_variant(spec)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    if var["intra_op_threads"]:
+        tf.config.threading.set_intra_op_parallelism_threads(var["intra_op_threads"])
+    if var["inter_op_threads"]:
+        tf.config.threading.set_inter_op_parallelism_threads(var["inter_op_threads"])
+    from maml_tf import batched, maml, models
+    from maml_tf.training import make_train_step
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    n, k, t = cfg["num_ways"], cfg["num_shots"], cfg["meta_batch_size"]
+    model = models.omniglot_conv(n)
+    optimizer = keras.optimizers.Adam(1e-3)
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+
+    def objective(weights, batch):
+        support, query = batch
+        return maml.meta_objective(task_loss, weights, support, query, cfg["num_inner_steps"], cfg["inner_lr"],
+                                   first_order=False, layout=var["layout"]), {}
+
+    step = make_train_step(model, optimizer, objective, jit_compile=var["jit_compile"])
+    rng = np.random.default_rng(FLAGS.seed)
+    labels = np.tile(np.repeat(np.arange(n, dtype=np.int32), k), (t, 1))
+
+    def episode():  # binary "strokes" images, as Omniglot after the authors' resize
+        return (rng.random((t, n * k, 28, 28, 1)) < 0.2).astype(np.float32), labels
+
+    batches = [(episode(), episode()) for _ in range(4)]
+    t0 = time.perf_counter()
+    float(step(batches[0])["loss"])
+    compile_s = time.perf_counter() - t0
+    for i in range(FLAGS.warmup):
+        float(step(batches[i % 4])["loss"])
+    print(json.dumps({"ready": True, "compile_s": compile_s}), flush=True)
+    done = 0
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        iters = int(cmd[1])
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(iters):
+            out = step(batches[done % 4])
+            done += 1
+        float(out["loss"])  # wait for the last step
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        print(json.dumps({"wall_ms": 1000 * wall / iters, "cpu_ms": 1000 * cpu / iters,
+                          "load": os.getloadavg()[0]}), flush=True)
+    peak, current = _rss_mb()
+    print(json.dumps({"peak_rss_mb": peak, "rss_mb": current}), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent
+
+
+class Worker:
+    def __init__(self, setting: str, spec: str):
+        self.spec = spec
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), f"--child={setting}:{spec}", f"--seed={FLAGS.seed}",
+             f"--warmup={FLAGS.warmup}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+        self.ready = self._read()
+        self.windows: list[dict] = []
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.spec} worker ended early (exit status {self.proc.wait()}).")
+        return json.loads(line)
+
+    def run(self, iters: int) -> None:
+        self.proc.stdin.write(f"run {iters}\n")
+        self.proc.stdin.flush()
+        self.windows.append(self._read())
+
+    def finish(self) -> dict:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        mem = self._read()
+        self.proc.wait()
+        wall = [w["wall_ms"] for w in self.windows]
+        cpu = [w["cpu_ms"] for w in self.windows]
+        return {**parse_variant(self.spec), "ms_per_iter": round(statistics.median(wall), 1),
+                "cpu_ms_per_iter": round(statistics.median(cpu), 1),
+                "windows_ms": [round(x, 1) for x in wall], "compile_s": round(self.ready["compile_s"], 1),
+                "peak_rss_mb": round(mem["peak_rss_mb"], 1), "rss_mb": round(mem["rss_mb"], 1)}
+
+
+def bench_setting(setting: str) -> dict:
+    specs = [FLAGS.reference] + [v for v in FLAGS.variants if v != FLAGS.reference]
+    load_before = os.getloadavg()
+    workers = []
+    try:
+        for spec in specs:  # compile one after another, so that compilations do not overlap timing
+            workers.append(Worker(setting, spec))
+        for w in range(FLAGS.windows):
+            order = workers[w % len(workers):] + workers[:w % len(workers)]
+            for worker in order:
+                worker.run(FLAGS.iters)
+        results = {worker.spec: worker.finish() for worker in workers}
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+    ref, main = results[FLAGS.reference], results[FLAGS.variants[0]]
+    return {
+        "setting": setting,
+        "ms_per_iter": main["ms_per_iter"],
+        "loop_ms_per_iter": ref["ms_per_iter"],
+        "speedup": round(ref["ms_per_iter"] / main["ms_per_iter"], 2),
+        "peak_rss_mb": main["peak_rss_mb"],
+        "loop_peak_rss_mb": ref["peak_rss_mb"],
+        "cpu_ms_per_iter": main["cpu_ms_per_iter"],
+        "loop_cpu_ms_per_iter": ref["cpu_ms_per_iter"],
+        "cpu_speedup": round(ref["cpu_ms_per_iter"] / main["cpu_ms_per_iter"], 2),
+        "variant": FLAGS.variants[0],
+        "reference": FLAGS.reference,
+        "variants": results,
+        "config": SETTINGS[setting],
+        "iters_per_window": FLAGS.iters,
+        "windows": FLAGS.windows,
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+    if FLAGS.child:
+        setting, spec = FLAGS.child.split(":", 1)
+        run_child(setting, spec)
+        return 0
+    for setting in FLAGS.settings:
+        print(json.dumps(bench_setting(setting)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,336 @@
+"""What the few-shot classification entry points (omniglot.py, miniimagenet.py) share: the settings,
+meta-training with validation, the test evaluation, the results file and the learning curve.
+
+Everything here takes explicit arguments; the entry points own the flags, the paper's presets and
+the data loading. The flow of :func:`run`:
+
+1. meta-train with :func:`maml_tf.training.train` (resumable), logging the post-update query accuracy
+   of the training tasks and, every ``validate_every`` iterations, the accuracy on ``val_tasks``
+   fixed validation tasks after ``num_eval_steps`` steps; the best validation checkpoint is kept in
+   ``<logdir>/best`` and both curves go to ``<logdir>/history.jsonl`` (a resumed run keeps its curve);
+2. restore the best checkpoint and evaluate it on ``eval_tasks`` test tasks (and again on the
+   validation tasks): accuracy after 0..num_eval_steps inner steps, mean and 95% CI;
+3. write ``<logdir>/metrics.json`` and ``<logdir>/learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import batched, evaluation, maml
+from maml_tf.functional import get_weights
+from maml_tf.training import CheckpointError, check_config, make_checkpoint, make_train_step, restore, train
+
+# Settings that change the trained model: a log directory refuses to resume with others.
+MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
+              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: str  # results folder and paper key: omniglot, omniglot_mlp, miniimagenet, miniimagenet_first_order
+    model: str  # conv or mlp
+    num_ways: int
+    num_shots: int
+    num_query: int  # query examples per class during meta-training
+    eval_num_query: int  # query examples per class in validation and test tasks
+    meta_batch_size: int
+    inner_lr: float
+    num_inner_steps: int
+    num_eval_steps: int
+    iterations: int
+    meta_lr: float
+    first_order: bool
+    transductive_bn: bool
+    seed: int
+    eval_tasks: int
+    eval_seed: int
+    val_tasks: int
+    validate_every: int
+    checkpoint_every: int
+    log_every: int
+    eval_batch_size: int
+    layout: str
+    jit_compile: bool
+
+    @property
+    def setting(self) -> str:
+        return f"{self.num_ways}way{self.num_shots}shot"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+
+
+def episode_sampler(sampler) -> Callable[[int, np.random.Generator], tuple]:
+    """``sample(n, rng) -> ((support_x, support_y), (query_x, query_y))`` from an EpisodeSampler."""
+
+    def sample(num_tasks: int, rng: np.random.Generator):
+        e = sampler.sample(num_tasks, rng)
+        return (e.support_inputs, e.support_labels), (e.query_inputs, e.query_labels)
+
+    return sample
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def task_losses(model: keras.Model, cfg: Config):
+    """(cross-entropy task loss, accuracy), both usable by every layout."""
+    loss = batched.supervised_loss(model, maml.softmax_cross_entropy, transductive=cfg.transductive_bn)
+    return loss, loss.with_loss(maml.accuracy)
+
+
+def make_objective(task_loss, cfg: Config):
+    def objective(weights, batch):
+        support, query = batch
+        loss, metrics = batched.meta_objective_and_metrics(
+            task_loss, weights, support, query, cfg.num_inner_steps, cfg.inner_lr, cfg.first_order,
+            metrics={"query_accuracy": maml.accuracy}, layout=cfg.layout)
+        return loss, metrics
+    return objective
+
+
+def make_curve(model: keras.Model, task_loss, accuracy, cfg: Config):
+    """A compiled ``curve(support, query) -> [tasks, num_eval_steps + 1]`` of query accuracies."""
+
+    @tf.function  # one trace per batch shape (static task counts, which the batched layout needs)
+    def curve(support, query):
+        weights = get_weights(model)
+        if cfg.layout == "batched":
+            return batched.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
+                                        cfg.inner_lr)
+        return evaluation.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
+                                       cfg.inner_lr, layout=cfg.layout)
+
+    return curve
+
+
+def evaluate(curve, sample, num_tasks: int, batch_size: int, seed: int) -> dict:
+    """Accuracy (percent) after 0..S steps on ``num_tasks`` tasks: mean, 95% CI, number of tasks."""
+    values = evaluation.evaluate(curve, sample, num_tasks, min(batch_size, num_tasks), seed)
+    s = evaluation.summarize(100.0 * values)
+    return {"accuracy": [round(x, 3) for x in s["mean"]], "ci95": [round(x, 3) for x in s["ci95"]],
+            "num_tasks": s["num_tasks"]}
+
+
+class History:
+    """``<logdir>/history.jsonl``: one line per logged training window or validation."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop entries past ``iteration`` (logged after the checkpoint a resumed run starts from)."""
+        rows = self.read()
+        kept = [r for r in rows if r["iteration"] <= iteration]
+        if len(kept) != len(rows):
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read(self) -> list:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def _checkpoint_iteration(directory: str) -> int:
+    path = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_sample, verbose: bool = True):
+    """Meta-train (or resume) with validation; returns :class:`maml_tf.training.TrainResult`."""
+    task_loss, accuracy = task_losses(model, cfg)
+    optimizer = keras.optimizers.Adam(cfg.meta_lr)
+    step = make_train_step(model, optimizer, make_objective(task_loss, cfg), jit_compile=cfg.jit_compile)
+    history = History(os.path.join(logdir, "history.jsonl"))
+    history.truncate_after(_checkpoint_iteration(os.path.join(logdir, "ckpt")))
+
+    current = {"i": 0}
+    window = {"loss": [], "query_accuracy": []}
+
+    def batch_for_iteration(i: int):
+        current["i"] = i
+        return train_sample(cfg.meta_batch_size, np.random.default_rng([cfg.seed, i]))  # exact resume
+
+    def logged_step(batch):
+        out = step(batch)
+        window["loss"].append(out["loss"])
+        window["query_accuracy"].append(out["query_accuracy"])
+        i = current["i"] + 1
+        if i % cfg.log_every == 0 or i == cfg.iterations:
+            history.append({"iteration": i, "train_loss": float(np.mean(window["loss"])),
+                            "train_query_accuracy": 100.0 * float(np.mean(window["query_accuracy"]))})
+            window["loss"].clear()
+            window["query_accuracy"].clear()
+        return out
+
+    curve = make_curve(model, task_loss, accuracy, cfg)
+
+    def validate() -> float:
+        result = evaluate(curve, val_sample, cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
+        history.append({"iteration": current["i"] + 1, "val_accuracy": result["accuracy"], "val_ci95": result["ci95"]})
+        return result["accuracy"][-1]
+
+    return train(model, optimizer, logged_step, batch_for_iteration, cfg.iterations, logdir,
+                 checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                 validate=validate if cfg.validate_every else None, validate_every=cfg.validate_every,
+                 name=f"{cfg.dataset} {cfg.setting}", verbose=verbose)
+
+
+def load_for_evaluation(model: keras.Model, logdir: str) -> dict:
+    """Restore the best validation checkpoint (else the latest one) into ``model``."""
+    ckpt = make_checkpoint(model, None)
+    for which in ("best", "ckpt"):
+        directory = os.path.join(logdir, which)
+        path = restore(ckpt, directory, what=f"{which} checkpoint")
+        if path is not None:
+            return {"checkpoint": os.path.relpath(path, logdir), "iteration": int(ckpt.iteration.numpy()),
+                    "wall_time_s": float(ckpt.wall_time.numpy())}
+    raise FileNotFoundError(f"No checkpoint in {logdir}/best or {logdir}/ckpt; train first (drop --eval_only).")
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+def print_results(cfg: Config, test: dict, paper: Optional[dict], transductive: bool) -> None:
+    steps = list(range(len(test["accuracy"])))
+    print(f"\n{cfg.dataset} {cfg.setting}: test accuracy (%) after n inner steps, mean ± 95% CI over "
+          f"{test['num_tasks']} tasks ({'transductive' if transductive else 'non-transductive'} batch norm)")
+    for n in steps:
+        print(f"  n={n:<3d} {test['accuracy'][n]:7.2f} ± {test['ci95'][n]:.2f}")
+    if paper:
+        print(f"  paper (Table 1): {paper['accuracy']} ± {paper['ci95']}")
+
+
+def learning_curve(history_path: str, png_path: str, title: str, paper: Optional[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = History(history_path).read()
+    train_rows = [r for r in rows if "train_query_accuracy" in r]
+    val_rows = [r for r in rows if "val_accuracy" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train_rows:
+        ax.plot([r["iteration"] for r in train_rows], [r["train_query_accuracy"] for r in train_rows],
+                color="tab:blue", lw=1, alpha=0.8, label="meta-train tasks, query accuracy after adaptation")
+    if val_rows:
+        ax.errorbar([r["iteration"] for r in val_rows], [r["val_accuracy"][-1] for r in val_rows],
+                    yerr=[r["val_ci95"][-1] for r in val_rows], color="tab:orange", marker="o", ms=3,
+                    capsize=2, label="validation tasks, after the test-time steps")
+    if paper:
+        ax.axhline(paper["accuracy"], color="k", ls="--", lw=1, label=f"paper, test ({paper['accuracy']}%)")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str, Callable], logdir: str,
+        paper: Optional[dict], split: dict, command: str, eval_only: bool = False, verbose: bool = True) -> dict:
+    """Train (unless ``eval_only``), evaluate the best checkpoint, write metrics.json and the figure.
+
+    ``samplers``: {"train", "val", "test"} -> ``sample(n, rng)`` (see :func:`episode_sampler`).
+    Returns the metrics dictionary (in ``eval_only`` mode, the freshly computed one; nothing is written).
+    """
+    t0 = time.time()
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model()
+    train_result = None
+    if not eval_only:
+        check_config(logdir, cfg.to_json(), MODEL_KEYS)
+        train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], verbose=verbose)
+    restored = load_for_evaluation(model, logdir)
+    task_loss, accuracy = task_losses(model, cfg)
+    curve = make_curve(model, task_loss, accuracy, cfg)
+    test = evaluate(curve, samplers["test"], cfg.eval_tasks, cfg.eval_batch_size, cfg.eval_seed)
+    validation = evaluate(curve, samplers["val"], cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
+    validation["best_iteration"] = restored["iteration"]
+    print_results(cfg, test, paper, cfg.transductive_bn)
+    trained_iterations = train_result.iterations if train_result else _checkpoint_iteration(os.path.join(logdir, "ckpt"))
+    train_wall = train_result.wall_time_s if train_result else None
+    metrics = {
+        "config": cfg.to_json(),
+        "seed": cfg.seed,
+        "iterations": trained_iterations,
+        "wall_time_s": round((train_wall or 0.0) + time.time() - t0, 1),
+        "transductive_bn": cfg.transductive_bn,
+        "test": test,
+        "validation": validation,
+        "paper": paper,
+        "evaluated_checkpoint": restored,
+        "train_wall_time_s": None if train_wall is None else round(train_wall, 1),
+        "protocol": (f"{cfg.eval_tasks} random {cfg.num_ways}-way {cfg.num_shots}-shot test tasks with "
+                     f"{cfg.eval_num_query} query examples per class (seed {cfg.eval_seed}); accuracy on the query "
+                     f"set after 0..{cfg.num_eval_steps} inner steps of lr {cfg.inner_lr} on the support set; "
+                     f"ci95 = 1.96 std / sqrt(tasks); batch norm with "
+                     + ("the statistics of the current batch (transductive over the query set), as the paper"
+                        if cfg.transductive_bn else "the support set's statistics for query examples "
+                        "(non-transductive)")
+                     + f"; checkpoint with the best validation accuracy ({cfg.val_tasks} tasks)"),
+        "split": split,
+        "command": command,
+        "machine": machine(),
+    }
+    path = os.path.join(logdir, "metrics.json")
+    if eval_only:
+        if os.path.exists(path):
+            with open(path) as f:
+                stored = json.load(f)
+            same_protocol = (stored.get("test", {}).get("num_tasks") == test["num_tasks"]
+                             and stored.get("transductive_bn") == cfg.transductive_bn
+                             and len(stored.get("test", {}).get("accuracy", [])) == len(test["accuracy"]))
+            if same_protocol:
+                same = np.allclose(stored["test"]["accuracy"], test["accuracy"], atol=0.02)
+                print(f"\n{'matches' if same else 'DIFFERS FROM'} {path}")
+        return metrics
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    learning_curve(os.path.join(logdir, "history.jsonl"), os.path.join(logdir, "learning_curve.png"),
+                   f"MAML, {cfg.dataset} {cfg.num_ways}-way {cfg.num_shots}-shot", paper)
+    print(f"\nwrote {path} and {os.path.join(logdir, 'learning_curve.png')}")
+    return metrics
+
+
+def read_config(logdir: str) -> dict:
+    """The settings a log directory was trained with (for ``--eval_only``)."""
+    path = os.path.join(logdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{logdir} holds no config.json, so there is no trained run to evaluate; "
+                                f"check --logdir or train first.")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}).") from None

@@ -1,0 +1,191 @@
+"""Omniglot few-shot classification (paper section 5.2, Table 1).
+
+    python experiments/omniglot.py                                   # 5-way 1-shot, conv net, paper settings
+    python experiments/omniglot.py --num_ways=20 --num_shots=1       # 20-way 1-shot
+    python experiments/omniglot.py --model=mlp                       # Table 1's "MAML, no conv"
+    python experiments/omniglot.py --eval_only --logdir=results/omniglot/5way1shot
+
+Paper settings, filled in for every flag left unset (appendix A.1; authors' code where it says more):
+  5-way:  1 inner step, inner lr 0.4, meta-batch 32, evaluated after 3 steps
+  20-way: 5 inner steps, inner lr 0.1, meta-batch 16, evaluated after 5 steps (the paper's text; the
+          authors' code computes 10 test-time steps for every Omniglot setting, --num_eval_steps=10)
+  all:    K query examples per class (training and test, as the authors' code), 60,000 iterations,
+          Adam 0.001; 1200 meta-training characters of which 100 for validation, 423 for testing,
+          each rotated by 0/90/180/270 degrees into classes of their own; 600 test tasks.
+Batch norm uses the statistics of the current batch (transductive, as the paper); with
+--notransductive_bn the query examples are normalised with the support set's statistics instead, in
+training and evaluation (each query prediction then depends on the support set and itself only).
+
+Writes <logdir>/metrics.json (default logdir results/omniglot/<W>way<K>shot, results/omniglot_mlp/...
+for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), checkpoints in
+<logdir>/ckpt (latest) and <logdir>/best (best validation accuracy, used for the test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import fewshot  # noqa: E402
+from maml_tf import maml, models, paper  # noqa: E402
+from maml_tf.cli import one_sentence_errors  # noqa: E402
+
+DRAWINGS = 20  # drawings per Omniglot character
+PRESETS = {  # paper appendix A.1, by number of ways
+    5: dict(num_inner_steps=1, inner_lr=0.4, meta_batch_size=32, num_eval_steps=3),
+    20: dict(num_inner_steps=5, inner_lr=0.1, meta_batch_size=16, num_eval_steps=5),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_ways", 5, "N: classes per task.")
+flags.DEFINE_integer("num_shots", 1, "K: support examples per class.")
+flags.DEFINE_integer("num_query", None, "Query examples per class during meta-training (default K, as the authors).")
+flags.DEFINE_integer("eval_num_query", None, "Query examples per class in validation and test tasks (default K).")
+flags.DEFINE_integer("meta_batch_size", None, "Tasks per meta-iteration (default: paper, 32 for 5-way, 16 for 20-way).")
+flags.DEFINE_float("inner_lr", None, "Inner learning rate (default: paper, 0.4 for 5-way, 0.1 for 20-way).")
+flags.DEFINE_integer("num_inner_steps", None, "Inner steps in meta-training (default: paper, 1 for 5-way, 5 for 20-way).")
+flags.DEFINE_integer("num_eval_steps", None, "Inner steps at test time (default: paper, 3 for 5-way, 5 for 20-way).")
+flags.DEFINE_integer("iterations", 60000, "Meta-training iterations.")
+flags.DEFINE_float("meta_lr", 0.001, "Adam learning rate of the meta-optimizer.")
+flags.DEFINE_bool("first_order", False, "First-order MAML (drop the second-order term).")
+flags.DEFINE_enum("model", "conv", ["conv", "mlp"], "conv: 4 conv blocks (Table 1 MAML); mlp: 256-128-64-64 (no conv).")
+flags.DEFINE_string("data_dir", None, "Folder with images_background.zip and images_evaluation.zip "
+                    "(default $MAML_TF_DATA_DIR/omniglot, else ../shared/data/omniglot).")
+flags.DEFINE_bool("download", True, "Download the archives from the Omniglot repository if they are missing.")
+flags.DEFINE_integer("num_train_characters", 1200, "Meta-training characters, validation included (paper: 1200).")
+flags.DEFINE_integer("num_val_characters", 100, "Of those, held out for validation (authors' code: 100).")
+flags.DEFINE_string("logdir", None, "Checkpoints, history, metrics.json, figure (default results/omniglot[_mlp]/<W>way<K>shot).")
+flags.DEFINE_bool("eval_only", False, "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
+flags.DEFINE_bool("transductive_bn", True, "Batch norm with the query batch's statistics (paper); False: the support set's.")
+flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
+flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
+flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
+flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")
+flags.DEFINE_integer("validate_every", 1000, "Iterations between validations (0: none; the last checkpoint is tested).")
+flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
+flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
+flags.DEFINE_integer("eval_batch_size", 100, "Tasks evaluated at once.")
+flags.DEFINE_enum("layout", "batched", maml.LAYOUTS, "How per-task computations are laid out (batched: fastest).")
+flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for this network on CPU).")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
+
+for _name in ("num_ways", "num_shots", "eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size",
+              "num_train_characters"):
+    flags.register_validator(_name, lambda v: v is not None and v > 0, f"--{_name} must be a positive integer.")
+for _name in ("num_query", "eval_num_query", "meta_batch_size", "num_inner_steps"):
+    flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be a positive integer.")
+for _name in ("iterations", "validate_every", "num_val_characters", "intra_op_threads", "inter_op_threads"):
+    flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0.")
+flags.register_validator("num_eval_steps", lambda v: v is None or v >= 0, "--num_eval_steps must be >= 0.")
+for _name in ("inner_lr", "meta_lr"):
+    flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be positive.")
+flags.register_multi_flags_validator(
+    ["num_shots", "num_query", "eval_num_query"],
+    lambda f: all(f["num_shots"] + (q if q is not None else f["num_shots"]) <= DRAWINGS
+                  for q in (f["num_query"], f["eval_num_query"])),
+    f"--num_shots plus --num_query (and plus --eval_num_query) must be at most {DRAWINGS}, the drawings per "
+    f"Omniglot character.")
+flags.register_multi_flags_validator(
+    ["num_train_characters", "num_val_characters"], lambda f: f["num_val_characters"] < f["num_train_characters"],
+    "--num_val_characters must be smaller than --num_train_characters.")
+
+
+def config_from_flags(stored: dict | None = None) -> fewshot.Config:
+    """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
+    def pick(name, default=None):
+        if FLAGS[name].present or stored is None or name not in stored:
+            value = getattr(FLAGS, name)
+            return default if value is None else value
+        return stored[name]
+
+    num_ways, num_shots = pick("num_ways"), pick("num_shots")
+    preset = PRESETS.get(num_ways, PRESETS[5] if num_ways < 20 else PRESETS[20])
+    model = pick("model")
+    first_order = pick("first_order")
+    return fewshot.Config(
+        dataset=stored["dataset"] if stored else ("omniglot_mlp" if model == "mlp" else "omniglot"),
+        model=model, num_ways=num_ways, num_shots=num_shots,
+        num_query=pick("num_query", num_shots), eval_num_query=pick("eval_num_query", num_shots),
+        meta_batch_size=pick("meta_batch_size", preset["meta_batch_size"]),
+        inner_lr=pick("inner_lr", preset["inner_lr"]),
+        num_inner_steps=pick("num_inner_steps", preset["num_inner_steps"]),
+        num_eval_steps=pick("num_eval_steps", preset["num_eval_steps"]),
+        iterations=pick("iterations"), meta_lr=pick("meta_lr"), first_order=first_order,
+        transductive_bn=FLAGS.transductive_bn if (FLAGS["transductive_bn"].present or not stored)
+        else stored["transductive_bn"],
+        seed=pick("seed"), eval_tasks=FLAGS.eval_tasks, eval_seed=FLAGS.eval_seed, val_tasks=FLAGS.val_tasks,
+        validate_every=pick("validate_every"), checkpoint_every=pick("checkpoint_every"),
+        log_every=pick("log_every"), eval_batch_size=FLAGS.eval_batch_size, layout=FLAGS.layout,
+        jit_compile=FLAGS.jit_compile)
+
+
+def default_logdir(cfg: fewshot.Config) -> str:
+    suffix = ("_first_order" if cfg.first_order else "") + ("" if cfg.transductive_bn else "_nontransductive")
+    return os.path.join("results", cfg.dataset, cfg.setting + suffix)
+
+
+def load_splits(cfg: fewshot.Config):
+    from data.omniglot import load_omniglot_splits
+    splits = load_omniglot_splits(FLAGS.data_dir, num_train=FLAGS.num_train_characters,
+                                  num_val=FLAGS.num_val_characters, download=FLAGS.download)
+    samplers = {
+        "train": splits.train.sampler(cfg.num_ways, cfg.num_shots, cfg.num_query),
+        "val": splits.val.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query),
+        "test": splits.test.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query),
+    }
+    return splits, {k: fewshot.episode_sampler(s) for k, s in samplers.items()}
+
+
+def split_record(splits, logdir: str) -> dict:
+    """Seed, sizes and hashes of the character split; the lists themselves go to <logdir>/split.json."""
+    data = splits.to_json()
+    digest = {k: hashlib.sha256("\n".join(v).encode()).hexdigest()[:16] for k, v in data["characters"].items()}
+    os.makedirs(logdir, exist_ok=True)
+    with open(os.path.join(logdir, "split.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    return {"seed": data["seed"], "rotations": data["rotations"],
+            "characters": {k: len(v) for k, v in data["characters"].items()},
+            "characters_sha256_16": digest, "lists": "split.json",
+            "rule": "sorted character folders permuted with np.random.default_rng(seed); first "
+                    "num_train - num_val train, next num_val validation, rest test (data/omniglot.py)"}
+
+
+@one_sentence_errors
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+    import tensorflow as tf
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+    stored = None
+    if FLAGS.eval_only:
+        if not FLAGS.logdir:
+            raise ValueError("--eval_only needs --logdir, the folder of a trained run.")
+        stored = fewshot.read_config(FLAGS.logdir)
+    cfg = config_from_flags(stored)
+    logdir = FLAGS.logdir or default_logdir(cfg)
+    if cfg.num_ways not in PRESETS:
+        print(f"note: the paper has no {cfg.num_ways}-way setting; unset flags take the "
+              f"{5 if cfg.num_ways < 20 else 20}-way preset.", file=sys.stderr)
+    splits, samplers = load_splits(cfg)
+    build = {"conv": lambda: models.omniglot_conv(cfg.num_ways),
+             "mlp": lambda: models.mlp_classifier(cfg.num_ways)}[cfg.model]
+    paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)
+    command = " ".join(["python", "experiments/omniglot.py"] + sys.argv[1:])
+    fewshot.run(cfg, build, samplers, logdir, paper_entry, split_record(splits, logdir) if not FLAGS.eval_only else {},
+                command, eval_only=FLAGS.eval_only)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

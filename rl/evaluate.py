@@ -1,0 +1,198 @@
+"""Evaluation of the RL experiments (paper section 5.3, Figures 4-5): average return after 0, 1, 2, 3
+policy-gradient steps on 40 test tasks.
+
+    python rl/evaluate.py --task=navigation                  # reads results/rl/navigation/<method>/
+    python rl/evaluate.py --task=halfcheetah_vel --methods=maml,random
+
+Methods (each fine-tuned on the same test tasks, with the same seeds):
+  maml        the meta-trained policy (best checkpoint of results/rl/<task>/maml)
+  pretrained  the policy trained with TRPO on all tasks jointly (results/rl/<task>/pretrained)
+  random      a freshly initialised policy
+  oracle      the policy trained on the environment that observes the task; evaluated without
+              fine-tuning (0 steps), on its own environment
+Each step samples 20 fresh rollouts per task with the current (adapted) policy, reports their average
+return, and takes one vanilla policy-gradient step (linear baseline refitted per task, gamma 0.99,
+GAE lambda 1, advantages standardised per task; the same loss as the inner step of meta-training).
+Step sizes: the first step uses the meta-training inner lr (from the MAML run's config.json: 0.1 for
+the locomotion tasks, 0.5 for navigation by default), later steps half of it, as the authors' test
+scripts (0.1 then 0.05). Writes results/rl/<task>/metrics.json and figure_returns.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from maml_tf import paper  # noqa: E402
+from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.training import make_checkpoint, restore  # noqa: E402
+from rl import maml_trpo, policies  # noqa: E402
+from rl.sampler import Sampler  # noqa: E402
+from rl.train import PRESETS  # noqa: E402
+
+ALL_METHODS = ("maml", "pretrained", "random", "oracle")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("task", None, sorted(PRESETS), "Which RL experiment to evaluate.")
+flags.DEFINE_string("logdir", None, "Where the methods' runs are (default: results/rl/<task>).")
+flags.DEFINE_list("methods", list(ALL_METHODS), "Methods to evaluate: a subset of maml,pretrained,random,oracle.")
+flags.DEFINE_integer("num_tasks", 40, "Test tasks.")
+flags.DEFINE_integer("steps", 3, "Policy-gradient steps at test time.")
+flags.DEFINE_integer("rollouts_per_task", 20, "Rollouts per task for each step.")
+flags.DEFINE_float("test_lr", None, "First test step size (default: the MAML run's inner lr); later steps use half.")
+flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
+flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.")
+flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
+flags.mark_flag_as_required("task")
+flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= set(ALL_METHODS),
+                         "--methods takes a comma-separated subset of maml,pretrained,random,oracle.")
+for _name in ("num_tasks", "rollouts_per_task"):
+    flags.register_validator(_name, lambda v: v > 0, f"--{_name} must be positive.")
+flags.register_validator("steps", lambda v: v >= 0, "--steps must be >= 0.")
+flags.register_validator("test_lr", lambda v: v is None or v > 0, "--test_lr must be positive.")
+
+
+def run_settings(logdir: str, method: str) -> dict:
+    path = os.path.join(logdir, method, "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_policy(logdir: str, method: str, sampler: Sampler):
+    """The trained policy of ``method`` and (iteration of the checkpoint, training wall time)."""
+    run = os.path.join(logdir, method)
+    model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, name=f"policy_{method}")
+    ckpt = make_checkpoint(model, None)
+    dirs = ["best", "ckpt"] if FLAGS.checkpoint == "best" else ["ckpt"]
+    for d in dirs:
+        if restore(ckpt, os.path.join(run, d), what=f"{method} checkpoint") is not None:
+            return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
+                           "wall_time_s": round(float(ckpt.wall_time.numpy()), 1)}
+    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method}).")
+
+
+def summarize(per_task: np.ndarray) -> dict:
+    n = per_task.shape[0]
+    return {"returns": per_task.mean(axis=0).tolist(),
+            "stderr": (per_task.std(axis=0, ddof=1) / np.sqrt(n)).tolist() if n > 1 else [0.0] * per_task.shape[1],
+            "num_tasks": int(n)}
+
+
+def figure(task: str, results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"maml": "tab:green", "pretrained": "tab:red", "random": "tab:blue", "oracle": "tab:gray"}
+    labels = {"maml": "MAML", "pretrained": "pretrained", "random": "random init", "oracle": "oracle"}
+    ref = paper.RL[task]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    steps = max(len(r["returns"]) for r in results.values())
+    for method, r in results.items():
+        c = colors[method]
+        if method == "oracle":
+            ax.axhline(r["returns"][0], color=c, ls="--", label=f"{labels[method]} (ours)")
+            ax.axhline(ref["oracle"]["returns"][0], color=c, ls=":", label=f"{labels[method]} (paper)")
+            continue
+        n = np.arange(len(r["returns"]))
+        ax.errorbar(n, r["returns"], yerr=r["stderr"], color=c, marker="o", ms=4, capsize=3, label=f"{labels[method]} (ours)")
+        p = ref[method]["returns"]
+        ax.plot(np.arange(len(p)), p, color=c, marker="x", ms=9, mew=2, ls=":", lw=1, label=f"{labels[method]} (paper)")
+    ax.set_xticks(range(max(steps, 4)))
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.set_title(f"{task}: return after fine-tuning ({results[next(iter(results))]['num_tasks']} test tasks)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@one_sentence_errors
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+    task, preset = FLAGS.task, PRESETS[FLAGS.task]
+    logdir = FLAGS.logdir or os.path.join("results", "rl", task)
+    maml_run = run_settings(logdir, "maml")
+    lr = FLAGS.test_lr or maml_run.get("inner_lr", preset.inner_lr)
+    horizon = maml_run.get("horizon", preset.horizon)
+    lrs = [lr, lr / 2]
+    t0 = time.time()
+    results, training, skipped = {}, {}, []
+    tasks = None
+    for method in FLAGS.methods:
+        env_id = preset.oracle_env_id if method == "oracle" else preset.env_id
+        with Sampler(env_id, num_workers=FLAGS.num_workers, horizon=horizon) as sampler:
+            if tasks is None:
+                tasks = sampler.sample_tasks(FLAGS.num_tasks, np.random.default_rng(FLAGS.seed))
+            if method == "random":
+                keras.utils.set_random_seed(FLAGS.seed)
+                model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, seed=FLAGS.seed, name="random")
+            else:
+                try:
+                    model, training[method] = load_policy(logdir, method, sampler)
+                except FileNotFoundError as e:
+                    if FLAGS["methods"].present:  # asked for explicitly
+                        raise
+                    print(f"skipping {method}: {e}", flush=True)
+                    skipped.append(method)
+                    continue
+            steps = 0 if method == "oracle" else FLAGS.steps
+            t = time.time()
+            per_task = maml_trpo.adaptation_returns(model, sampler, tasks, steps, lrs, FLAGS.rollouts_per_task,
+                                                    seed=FLAGS.seed)
+        results[method] = summarize(per_task)
+        shown = "  ".join(f"{v:8.2f} ± {e:.2f}" for v, e in zip(results[method]["returns"], results[method]["stderr"]))
+        print(f"{method:<11} {shown}   ({time.time() - t:.0f}s)", flush=True)
+        ref = paper.RL[task].get(method, {}).get("returns")
+        if ref:
+            print(f"{'  paper':<11} " + "  ".join(f"{v:8.2f}       " for v in ref), flush=True)
+
+    if not results:
+        raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
+    metrics = {
+        "config": {"task": task, "env_id": preset.env_id, "oracle_env_id": preset.oracle_env_id,
+                   "num_tasks": FLAGS.num_tasks, "steps": FLAGS.steps, "rollouts_per_task": FLAGS.rollouts_per_task,
+                   "horizon": horizon, "test_lrs": [lrs[0]] + [lrs[1]] * max(FLAGS.steps - 1, 0),
+                   "checkpoint": FLAGS.checkpoint, "methods": FLAGS.methods,
+                   "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
+                                if k in maml_run}},
+        "seed": FLAGS.seed,
+        "iterations": {m: t["iteration"] for m, t in training.items()},
+        "wall_time_s": round(time.time() - t0, 1),
+        "training": training,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "command": " ".join(["python", "rl/evaluate.py"] + sys.argv[1:]),
+        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {FLAGS.rollouts_per_task} rollouts per task "
+                     f"per step; return = mean undiscounted return of a task's rollouts, averaged over tasks; "
+                     f"stderr = std over tasks / sqrt(num_tasks); step sizes {lrs[0]} then {lrs[1]}"),
+        "results": results,
+        "skipped": skipped,
+        "paper": paper.RL[task],
+    }
+    os.makedirs(logdir, exist_ok=True)
+    path = os.path.join(logdir, "metrics.json")
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    figure(task, results, os.path.join(logdir, "figure_returns.png"))
+    print(f"wrote {path} and {os.path.join(logdir, 'figure_returns.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,427 @@
+r"""MAML for reinforcement learning with TRPO as the meta-optimizer (paper section 3.2 and 5.3).
+
+One meta-iteration, for meta-parameters theta and a meta-batch of tasks T_1 .. T_M:
+
+ 1. Pre-update rollouts D_i: R episodes of each task with pi_theta.
+ 2. Inner step (``maml_tf.maml.adapt``, the library's one inner loop) on the REINFORCE loss
+
+        L_i(theta; D_i) = - sum_t m_t log pi_theta(a_t | s_t) A_t / sum_t m_t        (``reinforce_loss``)
+
+    (m_t: 1 on the steps of an episode, A_t: advantages of the linear baseline refitted on D_i, GAE
+    with gamma = 0.99 and lambda = 1, standardised per task as rllab's ``center_adv``):
+
+        theta'_i(theta) = theta - alpha grad_theta L_i(theta; D_i).
+
+ 3. Post-update rollouts D'_i: R episodes of task i with the adapted policy pi_{theta'_i}; their
+    policy ("old", fixed below) is pi_old,i = pi_{theta'_i(theta_0)}, with advantages A'_t.
+ 4. TRPO on theta, where both the objective and the constraint are functions of theta *through the
+    inner update* (the data D_i, D'_i and advantages stay fixed):
+
+        S(theta)  = 1/M sum_i  mean_{t in D'_i} [ pi_{theta'_i(theta)}(a_t|s_t) / pi_old,i(a_t|s_t) A'_t ]
+        KL(theta) = 1/M sum_i  mean_{t in D'_i} [ KL( pi_old,i(.|s_t) || pi_{theta'_i(theta)}(.|s_t) ) ]
+
+        maximise S(theta)  subject to  KL(theta) <= delta = 0.01            (``rl.trpo.trpo_update``)
+
+    grad S is the MAML meta-gradient: it differentiates through the inner gradient step, bringing in
+    the Hessian of L_i (second order, the default); ``first_order=True`` cuts the inner gradient
+    (theta' = theta - alpha stop_gradient(grad L_i)), so d theta'_i / d theta = I.
+
+Curvature of the constraint. The Hessian-vector products H v = hess KL(theta_0) v that conjugate
+gradient needs are computed with nested gradient tapes, in one of two ways that give the same H:
+
+  * ``"exact"``: ``rl.trpo.hessian_vector_product`` of KL(theta) itself, i.e. tapes nested three deep
+    (the inner step's gradient, grad KL, and its directional derivative) over all the data.
+  * ``"gauss_newton"`` (default, cheaper): at theta_0 the adapted policies equal the old ones, so
+    grad_{theta'} KL_i = 0 there and the chain rule leaves only
+
+        H = 1/M sum_i J_i^T F_i J_i,   J_i = d theta'_i / d theta = I - alpha hess L_i(theta_0; D_i),
+
+    F_i = the Hessian of KL_i with respect to the adapted weights (the Fisher matrix of pi_old,i).
+    J_i is symmetric, so J_i v and J_i^T u are both v - alpha (hess L_i) v, an HVP of the inner loss;
+    F_i u is an HVP of the KL: all by nested tapes (two deep), with no third derivatives. For
+    first-order MAML and for plain TRPO J_i = I. The rollouts that enter this curvature may be
+    subsampled (``hvp_subsample``: the first fraction of each task's rollouts, as the subsampled
+    Fisher products of common TRPO implementations); the curvature only shapes the step, whose KL
+    the line search checks exactly, on all data.
+
+Baselines of the paper use the same learner with ``inner_steps=0``: then theta'_i = theta, only one
+batch of rollouts is sampled per iteration, and this is plain TRPO on the tasks of the batch
+("pretrained" = TRPO on all tasks jointly; "oracle" = TRPO on an environment that observes the task).
+
+Tasks are batched along axis 0 of every tensor; the per-task computations go through
+``maml_tf.maml.per_task`` (``layout="vectorized"`` or ``"loop"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import maml
+from maml_tf.functional import Weights, get_weights
+from rl import baselines, policies, trpo
+from rl.sampler import Episodes, Sampler
+
+CURVATURES = ("gauss_newton", "exact")
+
+
+class PolicyData(NamedTuple):
+    """Rollouts of M tasks as tensors; N = rollouts x horizon steps per task (padded, see mask)."""
+
+    obs: tf.Tensor         # [M, N, obs_dim]
+    actions: tf.Tensor     # [M, N, act_dim]
+    advantages: tf.Tensor  # [M, N]
+    mask: tf.Tensor        # [M, N]  1 on the steps of an episode, 0 on padding
+
+
+class OldPolicy(NamedTuple):
+    """The distribution of the policy that collected the post-update rollouts, at their steps."""
+
+    mean: tf.Tensor      # [M, N, act_dim]
+    log_std: tf.Tensor   # [M, N, act_dim]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the meta-learner (paper appendix A.2 as defaults)."""
+
+    rollouts_per_task: int = 20
+    inner_lr: float = 0.1
+    inner_steps: int = 1            # 1: MAML; 0: plain TRPO (pretrained and oracle baselines)
+    first_order: bool = False
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    discount: float = 0.99
+    gae_lambda: float = 1.0
+    normalize_advantages: bool = True
+    curvature: str = "gauss_newton"
+    hvp_subsample: float = 0.2      # fraction of each task's rollouts used for the curvature (gauss_newton)
+    layout: str = "vectorized"
+
+    def __post_init__(self):
+        if self.inner_steps not in (0, 1):
+            raise ValueError(f"inner_steps must be 0 (plain TRPO) or 1 (MAML), got {self.inner_steps}; "
+                             "more inner steps would need fresh rollouts after each step.")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}.")
+        if not 0.0 < self.hvp_subsample <= 1.0:
+            raise ValueError(f"hvp_subsample must be in (0, 1], got {self.hvp_subsample}.")
+        if self.rollouts_per_task < 1 or self.max_kl <= 0 or self.inner_lr < 0:
+            raise ValueError("rollouts_per_task and max_kl must be positive and inner_lr non-negative.")
+        if self.layout not in maml.LAYOUTS:
+            raise ValueError(f"layout must be one of {maml.LAYOUTS}, got {self.layout!r}.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollouts -> tensors
+
+
+def standardize(advantages: np.ndarray, mask: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Per task (axis 0): zero mean and unit standard deviation over the valid steps; 0 on padding."""
+    axes = tuple(range(1, advantages.ndim))
+    n = np.maximum(mask.sum(axis=axes, keepdims=True), 1.0)
+    mean = (advantages * mask).sum(axis=axes, keepdims=True) / n
+    var = (np.square(advantages - mean) * mask).sum(axis=axes, keepdims=True) / n
+    return (advantages - mean) / (np.sqrt(var) + eps) * mask
+
+
+def policy_data(episodes: Episodes, discount: float = 0.99, gae_lambda: float = 1.0,
+                normalize_advantages: bool = True, dtype=tf.float32) -> PolicyData:
+    """Advantages from the linear feature baseline refitted per task (``rl.baselines.advantages``),
+    standardised per task if asked; time and rollout axes folded into one step axis."""
+    adv, _ = baselines.advantages(episodes.rewards, episodes.obs, episodes.mask, discount, gae_lambda)
+    if normalize_advantages:
+        adv = standardize(adv, episodes.mask)
+    M, R, T = episodes.rewards.shape
+
+    def fold(x, *feature):
+        return tf.constant(np.reshape(x, (M, R * T) + feature), dtype=dtype)
+
+    return PolicyData(fold(episodes.obs, episodes.obs.shape[-1]), fold(episodes.actions, episodes.actions.shape[-1]),
+                      fold(adv), fold(episodes.mask))
+
+
+def subsample_rollouts(data, rollouts: int, keep: int):
+    """The first ``keep`` of ``rollouts`` rollouts of each task (step axis 1 holds rollouts x T)."""
+    if keep >= rollouts:
+        return data
+
+    def cut(x):
+        steps = x.shape[1] // rollouts
+        return x[:, : keep * steps]
+
+    return tf.nest.map_structure(cut, data)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses (for one task: tensors without the task axis)
+
+
+def masked_mean(x, mask):
+    return tf.reduce_sum(x * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def reinforce_loss(model: keras.Model):
+    """``task_loss(weights, data) = -mean over valid steps of log pi(a|s) * A``: the inner loss, whose
+    gradient is the vanilla policy gradient."""
+
+    def task_loss(weights: Weights, data: PolicyData):
+        mean, log_std = policies.distribution(model, weights, data.obs)
+        logp = policies.log_likelihood(data.actions, mean, log_std)
+        return -masked_mean(logp * data.advantages, data.mask)
+
+    return task_loss
+
+
+def surrogate_and_kl(model: keras.Model, weights: Weights, data: PolicyData, old: OldPolicy):
+    """Importance-sampled surrogate ``mean[pi/pi_old A]`` and ``mean KL(pi_old || pi)`` of one task."""
+    mean, log_std = policies.distribution(model, weights, data.obs)
+    logp = policies.log_likelihood(data.actions, mean, log_std)
+    old_logp = policies.log_likelihood(data.actions, old.mean, old.log_std)
+    surrogate = masked_mean(tf.exp(logp - old_logp) * data.advantages, data.mask)
+    kl = masked_mean(policies.kl_divergence(old.mean, old.log_std, mean, log_std), data.mask)
+    return surrogate, kl
+
+
+# ------------------------------------------------------------------------------------------------
+# The meta-objective and its curvature (all tasks; tensors with the task axis)
+
+
+class MetaObjective:
+    """The functions of theta that TRPO needs, compiled once per data shape.
+
+    ``pre`` (pre-update rollouts) is ignored when ``inner_steps == 0``.
+    """
+
+    def __init__(self, model: keras.Model, config: Config, hvp_mode: str = "double_backprop"):
+        self.model, self.config = model, config
+        self.hvp_mode = hvp_mode
+        self.task_loss = reinforce_loss(model)
+        c = config
+        self.loss_and_gradient = tf.function(self._loss_and_gradient, reduce_retracing=True)
+        self.loss_and_kl = tf.function(self._loss_and_kl, reduce_retracing=True)
+        self.hvp = tf.function(self._exact_hvp if c.curvature == "exact" else self._gauss_newton_hvp,
+                               reduce_retracing=True)
+        self.adapted = tf.function(self._adapted_values, reduce_retracing=True)
+        self.old_policy = tf.function(self._old_policy, reduce_retracing=True)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _adapt_all(self, weights: Weights, pre: PolicyData, first_order: bool) -> Weights:
+        """Per-task adapted weights, stacked along a task axis [M, ...] (differentiable in theta)."""
+        c = self.config
+        return maml.per_task(lambda d: maml.adapt(self.task_loss, weights, d, c.inner_steps, c.inner_lr, first_order),
+                             pre, c.layout)
+
+    def _terms(self, weights: Weights, pre: PolicyData, post: PolicyData, old: OldPolicy, first_order: bool):
+        """(mean surrogate, mean KL) over tasks, through the inner update."""
+        c = self.config
+
+        def one_task(d):
+            p, q, o = d
+            fast = maml.adapt(self.task_loss, weights, p, c.inner_steps, c.inner_lr, first_order)
+            return tf.stack(surrogate_and_kl(self.model, fast, q, o))
+
+        terms = maml.per_task(one_task, (pre, post, old), c.layout)
+        return tf.reduce_mean(terms[:, 0]), tf.reduce_mean(terms[:, 1])
+
+    # -- compiled entry points -------------------------------------------------------------------
+    def _adapted_values(self, weights: Weights, pre: PolicyData) -> Weights:
+        return self._adapt_all(weights, pre, first_order=True)  # values only: no gradient needed
+
+    def _old_policy(self, fast: Weights, post: PolicyData) -> OldPolicy:
+        mean, log_std = maml.per_task(lambda d: policies.distribution(self.model, d[0], d[1]), (fast, post.obs),
+                                      self.config.layout)
+        return OldPolicy(mean, log_std)
+
+    def _loss_and_gradient(self, weights: Weights, pre, post, old):
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            surrogate, _ = self._terms(weights, pre, post, old, self.config.first_order)
+            loss = -surrogate
+        return loss, tape.gradient(loss, weights)
+
+    def _loss_and_kl(self, weights: Weights, pre, post, old):
+        surrogate, kl = self._terms(weights, pre, post, old, first_order=True)  # values only
+        return -surrogate, kl
+
+    def _exact_hvp(self, weights: Weights, vector: Weights, pre, post, old, fast):
+        """H v of the meta-KL by nested tapes through the inner update (all data)."""
+        del fast
+        return trpo.hessian_vector_product(
+            lambda w: self._terms(w, pre, post, old, self.config.first_order)[1], weights, vector)
+
+    def _gauss_newton_hvp(self, weights: Weights, vector: Weights, pre, post, old, fast):
+        """H v = 1/M sum_i J_i^T F_i J_i v (exact at theta_0, see the module docstring)."""
+        c = self.config
+        second_order = c.inner_steps > 0 and not c.first_order
+
+        def one_task(d):
+            p, q, o, w_fast = d
+            jv = self._inner_jacobian_product(weights, p, vector) if second_order else vector
+            u = trpo.hessian_vector_product(lambda x: surrogate_and_kl(self.model, x, q, o)[1], w_fast, jv,
+                                            mode=self.hvp_mode)
+            jtu = self._inner_jacobian_product(weights, p, u) if second_order else u
+            return jtu
+
+        products = maml.per_task(one_task, (pre, post, old, fast), c.layout)
+        return {k: tf.reduce_mean(g, axis=0) for k, g in products.items()}
+
+    def _inner_jacobian_product(self, weights: Weights, pre_task: PolicyData, vector: Weights) -> Weights:
+        """J v for J = d theta' / d theta = I - alpha hess L(theta; D) of one inner step; J is
+        symmetric, so this is J^T v too."""
+        hv = trpo.hessian_vector_product(lambda w: self.task_loss(w, pre_task), weights, vector, mode=self.hvp_mode)
+        return {k: vector[k] - self.config.inner_lr * hv[k] for k in vector}
+
+
+# ------------------------------------------------------------------------------------------------
+# The meta-learner
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationBatch:
+    """What one meta-iteration samples: its tasks and the seed of its rollouts."""
+
+    tasks: np.ndarray
+    seed: int
+
+
+class MAMLTRPO:
+    """Meta-trains ``model`` (a Gaussian policy from :mod:`rl.policies`) on ``sampler``'s tasks.
+
+    ``step(IterationBatch)`` runs one meta-iteration (sample, adapt, sample, TRPO), updates the
+    model's variables and returns a dict of scalars; it is the ``step`` of ``maml_tf.training.train``.
+    """
+
+    def __init__(self, model: keras.Model, sampler: Sampler, config: Config):
+        self.model, self.sampler, self.config = model, sampler, config
+        self.objective = MetaObjective(model, config)
+        self.policy_fn = policies.make_policy_fn(model)
+        self.last_metrics: dict = {}
+
+    def _data(self, episodes: Episodes) -> PolicyData:
+        c = self.config
+        return policy_data(episodes, c.discount, c.gae_lambda, c.normalize_advantages,
+                           dtype=self.model.inputs[0].dtype)
+
+    def step(self, batch: IterationBatch) -> dict:
+        c, obj = self.config, self.objective
+        tasks, seed = batch.tasks, int(batch.seed)
+        weights = get_weights(self.model)
+        times = {"sampling_s": 0.0, "inner_s": 0.0, "trpo_s": 0.0}
+
+        t0 = time.perf_counter()
+        pre_eps = self.sampler.sample(tasks, self.policy_fn(weights, np.random.default_rng([seed, 0])),
+                                      c.rollouts_per_task, seed=seed)
+        times["sampling_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pre = self._data(pre_eps)
+        metrics = {"pre_return": pre_eps.average_return()}
+        if c.inner_steps:
+            fast = obj.adapted(weights, pre)
+            times["inner_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            post_eps = self.sampler.sample(tasks, self.policy_fn(fast, np.random.default_rng([seed, 1]), per_task=True),
+                                           c.rollouts_per_task, seed=seed + 1)
+            times["sampling_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            post = self._data(post_eps)
+            metrics["post_return"] = post_eps.average_return()
+        else:
+            fast = policies.stack_weights(weights, len(tasks))
+            post_eps, post = pre_eps, pre
+            times["inner_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        old = obj.old_policy(fast, post)
+        pre_c = subsample_rollouts(pre, c.rollouts_per_task, self.curvature_rollouts)
+        post_c, old_c = subsample_rollouts((post, old), c.rollouts_per_task, self.curvature_rollouts)
+        fast_c = fast
+
+        parts = {"gradient_s": 0.0, "hvp_s": 0.0, "line_search_s": 0.0}
+
+        def timed(name, fn):
+            def wrapped(*args):
+                start = time.perf_counter()
+                out = fn(*args)
+                parts[name] += time.perf_counter() - start
+                return out
+            return wrapped
+
+        new_weights, info = trpo.trpo_update(
+            weights,
+            loss_and_gradient=timed("gradient_s", lambda w: obj.loss_and_gradient(w, pre, post, old)),
+            kl_hvp=timed("hvp_s", lambda v: obj.hvp(weights, v, pre_c, post_c, old_c, fast_c)),
+            loss_and_kl=timed("line_search_s", lambda w: obj.loss_and_kl(w, pre, post, old)),
+            max_kl=c.max_kl, cg_iterations=c.cg_iterations, damping=c.cg_damping,
+            backtrack_ratio=c.backtrack_ratio, max_backtracks=c.max_backtracks)
+        if info["accepted"]:
+            for v in self.model.trainable_variables:
+                v.assign(new_weights[v.path])
+        times["trpo_s"] += time.perf_counter() - t0
+
+        log_std = [v for v in self.model.trainable_variables if v.path.endswith("log_std")]
+        metrics.update({
+            "surrogate_before": -info["loss_before"], "surrogate_after": -info["loss_after"],
+            "kl": info["kl"], "step_fraction": info["step_fraction"], "backtracks": float(info["backtracks"]),
+            "std": float(np.mean(np.exp(log_std[0].numpy()))) if log_std else float("nan"),
+            "env_steps": float(pre_eps.num_steps + (post_eps.num_steps if c.inner_steps else 0)),
+            **times, "iteration_s": sum(times.values()), **{f"trpo_{k}": v for k, v in parts.items()},
+        })
+        self.last_metrics = metrics
+        return metrics
+
+    @property
+    def curvature_rollouts(self) -> int:
+        """Rollouts per task used for the KL curvature (all of them for ``curvature="exact"``, whose
+        inner step must see the same data as the one that produced the old policy)."""
+        c = self.config
+        if c.curvature == "exact":
+            return c.rollouts_per_task
+        return max(1, int(math.ceil(c.hvp_subsample * c.rollouts_per_task)))
+
+    def score(self) -> float:
+        """Average return of the last iteration's post-update rollouts (pre-update if no inner step):
+        the validation score that selects the best checkpoint."""
+        m = self.last_metrics
+        return float(m.get("post_return", m.get("pre_return", -np.inf)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation: returns after 0, 1, ..., S policy-gradient steps
+
+
+def adaptation_returns(model: keras.Model, sampler: Sampler, tasks: Sequence, steps: int,
+                       inner_lr: maml.LearningRate, rollouts_per_task: int, seed: int,
+                       discount: float = 0.99, gae_lambda: float = 1.0, normalize_advantages: bool = True,
+                       layout: str = "vectorized", weights: Weights | None = None) -> np.ndarray:
+    """``[num_tasks, steps + 1]`` average undiscounted returns of each task's rollouts before
+    adaptation and after each of ``steps`` policy-gradient steps, each step computed from fresh
+    rollouts of the current adapted policy (step s uses ``maml.step_size(inner_lr, s)``)."""
+    weights = get_weights(model) if weights is None else weights
+    task_loss = reinforce_loss(model)
+    policy_fn = policies.make_policy_fn(model)
+    dtype = model.inputs[0].dtype
+
+    @tf.function(reduce_retracing=True)
+    def update(fast, data, lr):
+        return maml.per_task(lambda d: maml.inner_update(task_loss, d[0], d[1], lr, first_order=True),
+                             (fast, data), layout)
+
+    fast = policies.stack_weights(weights, len(tasks))
+    returns = np.zeros((len(tasks), steps + 1))
+    for s in range(steps + 1):
+        episodes = sampler.sample(tasks, policy_fn(fast, np.random.default_rng([seed, s]), per_task=True),
+                                  rollouts_per_task, seed=seed + s)
+        returns[:, s] = episodes.returns().mean(axis=1)
+        if s < steps:
+            data = policy_data(episodes, discount, gae_lambda, normalize_advantages, dtype=dtype)
+            fast = update(fast, data, tf.constant(maml.step_size(inner_lr, s), dtype=dtype))
+    return returns

@@ -1,0 +1,236 @@
+"""Meta-training for the RL experiments (paper section 5.3): MAML-TRPO and its two trained baselines.
+
+The task-specific entry points (``rl/train_navigation.py``, ``rl/train_halfcheetah_vel.py``, ...) are
+thin files that call :func:`run` with their preset; all flags live here:
+
+    python rl/train_navigation.py                           # MAML, paper settings, results/rl/navigation/maml
+    python rl/train_navigation.py --method=pretrained       # TRPO on all tasks jointly (no inner step)
+    python rl/train_navigation.py --method=oracle           # TRPO on the env that observes the task
+    python rl/train_halfcheetah_vel.py --iterations=50 --logdir=/tmp/cheetah
+
+Methods:
+  maml        pre-update rollouts, one policy-gradient step per task (inner lr), post-update rollouts,
+              TRPO on the meta-parameters (``rl.maml_trpo``)
+  pretrained  TRPO on the tasks of each meta-batch jointly (tasks resampled every iteration), no inner step
+  oracle      TRPO, no inner step, on the Oracle variant of the environment (task parameter in the observation)
+
+Runs are resumable (the same command continues from ``<logdir>/ckpt``, saved every
+``--checkpoint_every`` iterations); the best iteration by average return (post-update for MAML) is kept
+in ``<logdir>/best`` (as in rllab, the checkpoint of iteration i holds the parameters after its TRPO
+update, the return was measured just before it). TensorBoard scalars are in ``<logdir>/tb``, every
+iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.training import check_config, train  # noqa: E402
+from rl import maml_trpo, policies  # noqa: E402
+from rl.sampler import Sampler  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Paper settings of one task family (appendix A.2)."""
+
+    env_id: str
+    oracle_env_id: str
+    meta_batch_size: int
+    horizon: int
+    inner_lr: float
+
+
+# Navigation's inner lr is 0.5: the paper's text says 0.1 for all tasks, but the 2D-navigation numbers
+# it reports (and that we compare against) come from the authors' run with 0.5 (their test script
+# then takes a first step of 0.5 and later steps of 0.25). Pass --inner_lr=0.1 for the text's value.
+PRESETS = {
+    "navigation": Preset("maml_tf/Navigation2D-v0", "maml_tf/Navigation2DOracle-v0", 20, 100, 0.5),
+    "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v0", "maml_tf/HalfCheetahVelOracle-v0", 40, 200, 0.1),
+    "halfcheetah_dir": Preset("maml_tf/HalfCheetahDir-v0", "maml_tf/HalfCheetahDirOracle-v0", 40, 200, 0.1),
+    "ant_vel": Preset("maml_tf/AntVel-v0", "maml_tf/AntVelOracle-v0", 40, 200, 0.1),
+    "ant_dir": Preset("maml_tf/AntDir-v0", "maml_tf/AntDirOracle-v0", 40, 200, 0.1),
+}
+METHODS = ("maml", "pretrained", "oracle")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(preset: Preset) -> None:
+    """The flags of a task's entry point, with the task's paper settings as defaults (called by
+    :func:`run`, so that importing this module defines no flags)."""
+    flags.DEFINE_enum("method", "maml", METHODS, "maml, or a baseline: pretrained (TRPO on all tasks) or oracle.")
+    flags.DEFINE_integer("iterations", 500, "Meta-iterations (paper: up to 500).")
+    flags.DEFINE_integer("meta_batch_size", preset.meta_batch_size, "Tasks per meta-iteration.")
+    flags.DEFINE_integer("rollouts_per_task", 20, "Episodes per task for the inner step and for the meta-update.")
+    flags.DEFINE_integer("horizon", preset.horizon, "Episode length.")
+    flags.DEFINE_float("inner_lr", preset.inner_lr, "Inner policy-gradient step size (see PRESETS for navigation).")
+    flags.DEFINE_bool("first_order", False, "First-order MAML: do not differentiate through the inner gradient.")
+    flags.DEFINE_float("max_kl", 0.01, "TRPO trust region: mean KL of the post-update policies.")
+    flags.DEFINE_integer("cg_iterations", 10, "Conjugate-gradient iterations.")
+    flags.DEFINE_float("cg_damping", 1e-5, "Damping added to the KL Hessian in conjugate gradient.")
+    flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES,
+                      "How the KL Hessian-vector products are computed (both exact at the current parameters).")
+    flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's rollouts used for the KL curvature.")
+    flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
+    flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "How per-task computations are laid out.")
+    flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
+    flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core; 0: in-process).")
+    flags.DEFINE_string("logdir", None, "Checkpoints and logs (default: results/rl/<task>/<method>).")
+    flags.DEFINE_integer("checkpoint_every", 1, "Iterations between checkpoints (a crash loses at most this many).")
+    flags.DEFINE_integer("log_every", 1, "Iterations between progress lines.")
+
+    flags.register_validator("iterations", lambda v: v >= 0, "--iterations must be >= 0.")
+    for name in ("meta_batch_size", "horizon", "rollouts_per_task", "cg_iterations", "checkpoint_every", "log_every"):
+        flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive.")
+    flags.register_validator("inner_lr", lambda v: v > 0, "--inner_lr must be positive.")
+    flags.register_validator("max_kl", lambda v: v > 0, "--max_kl must be positive.")
+    flags.register_validator("cg_damping", lambda v: v >= 0, "--cg_damping must be >= 0.")
+    flags.register_validator("hvp_subsample", lambda v: 0 < v <= 1, "--hvp_subsample must be in (0, 1].")
+    flags.register_validator("num_workers", lambda v: v is None or v >= 0, "--num_workers must be >= 0.")
+
+
+# Settings that a resumed run must share with the run in its log directory.
+MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
+              "first_order", "normalize_advantages")
+
+
+def settings(task: str) -> dict:
+    """The run's settings: the flags with the task's preset filled in."""
+    p = PRESETS[task]
+    method = FLAGS.method
+    return {
+        "task": task, "method": method,
+        "env_id": p.oracle_env_id if method == "oracle" else p.env_id,
+        "iterations": FLAGS.iterations,
+        "meta_batch_size": FLAGS.meta_batch_size,
+        "rollouts_per_task": FLAGS.rollouts_per_task,
+        "horizon": FLAGS.horizon,
+        "inner_lr": FLAGS.inner_lr,
+        "inner_steps": 1 if method == "maml" else 0,
+        "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "cg_iterations": FLAGS.cg_iterations,
+        "cg_damping": FLAGS.cg_damping, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
+        "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout,
+        "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
+        "seed": FLAGS.seed,
+        "logdir": FLAGS.logdir or os.path.join("results", "rl", task, method),
+    }
+
+
+def learner_config(s: dict) -> maml_trpo.Config:
+    return maml_trpo.Config(
+        rollouts_per_task=s["rollouts_per_task"], inner_lr=s["inner_lr"], inner_steps=s["inner_steps"],
+        first_order=s["first_order"], max_kl=s["max_kl"], cg_iterations=s["cg_iterations"],
+        cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
+        normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
+        hvp_subsample=s["hvp_subsample"], layout=s["layout"])
+
+
+def build_policy(sampler: Sampler, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, hidden=(100, 100), init_std=1.0, seed=seed)
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] % (2**31 - 2))
+
+
+class ProgressCSV:
+    """Appends every iteration's metrics to <logdir>/progress.csv (rows past a resumed checkpoint are
+    dropped first, so the file matches the checkpointed run)."""
+
+    def __init__(self, path: str, start: int):
+        self.path, self.fields = path, None
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+            if rows:
+                self.fields = list(rows[0].keys())
+            with open(path, "w", newline="") as f:
+                if self.fields:
+                    w = csv.DictWriter(f, self.fields)
+                    w.writeheader()
+                    w.writerows(rows)
+
+    def append(self, iteration: int, metrics: dict) -> None:
+        row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in metrics.items()}}
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def _start_iteration(logdir: str) -> int:
+    """The iteration of the checkpoint a run resumes from (0 for a fresh run)."""
+    path = tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) if os.path.isdir(logdir) else None
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def train_task(task: str) -> dict:
+    s = settings(task)
+    logdir = s["logdir"]
+    check_config(logdir, s, MODEL_KEYS)
+    config = learner_config(s)
+    name = f"{task}/{s['method']}"
+    with Sampler(s["env_id"], num_workers=FLAGS.num_workers, horizon=s["horizon"]) as sampler:
+        model = build_policy(sampler, s["seed"])
+        learner = maml_trpo.MAMLTRPO(model, sampler, config)
+        progress = ProgressCSV(os.path.join(logdir, "progress.csv"), _start_iteration(logdir))
+        counter = {"i": _start_iteration(logdir)}
+
+        def batch_for_iteration(i: int) -> maml_trpo.IterationBatch:
+            counter["i"] = i
+            rng = np.random.default_rng([s["seed"], i])  # depends only on the iteration: exact resume
+            return maml_trpo.IterationBatch(sampler.sample_tasks(s["meta_batch_size"], rng), iteration_seed(s["seed"], i))
+
+        def step(batch):
+            metrics = learner.step(batch)
+            progress.append(counter["i"] + 1, metrics)
+            shown = {k: metrics[k] for k in ("pre_return", "post_return", "kl", "step_fraction", "iteration_s")
+                     if k in metrics}
+            return shown
+
+        t0 = time.time()
+        result = train(model, None, step, batch_for_iteration, s["iterations"], logdir,
+                       checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
+                       validate=learner.score, validate_every=1, name=name, verbose=True)
+    summary = {"task": task, "method": s["method"], "iterations": result.iterations,
+               "wall_time_s": round(result.wall_time_s, 1), "best_score": result.best_score,
+               "best_iteration": result.best_iteration, "session_s": round(time.time() - t0, 1)}
+    with open(os.path.join(logdir, "training.json"), "w") as f:
+        json.dump({**summary, "settings": s}, f, indent=2)
+    print(f"[{name}] done: {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def run(task: str) -> None:
+    """The ``__main__`` of a task's entry point."""
+    if task not in PRESETS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
+    define_flags(PRESETS[task])
+
+    @one_sentence_errors
+    def main(argv):
+        if len(argv) > 1:
+            raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+        train_task(task)
+        return 0
+
+    app.run(main)

@@ -1,0 +1,11 @@
+"""MAML-TRPO meta-training, Ant forward/backward (paper section 5.3): meta-batch 40, horizon 200.
+
+    python rl/train_ant_dir.py [--method=maml|pretrained|oracle] [--iterations=500] [--logdir=...]
+
+All flags and the training code are in rl/train.py (``--helpfull`` lists them).
+"""
+
+from rl import train
+
+if __name__ == "__main__":
+    train.run("ant_dir")

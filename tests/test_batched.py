@@ -1,0 +1,192 @@
+"""The batched layout (maml_tf/batched.py) gives the same loss, meta-gradient and evaluation curve as
+the plain loop layout, for the paper's networks and for a user's model; unsupported models fall back."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+from maml_tf import batched, evaluation, maml, models
+from maml_tf.functional import call, get_weights
+
+
+def episodes(num_tasks, num_ways, shots, image_shape, seed=0, binary=False):
+    rng = np.random.default_rng(seed)
+    x = rng.random((num_tasks, num_ways * shots) + tuple(image_shape)).astype(np.float32)
+    if binary:
+        x = (x < 0.25).astype(np.float32)
+    y = np.tile(np.repeat(np.arange(num_ways, dtype=np.int32), shots), (num_tasks, 1))
+    return x, y
+
+
+def meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, layout):
+    weights = get_weights(model)
+    with tf.GradientTape() as tape:
+        tape.watch(list(weights.values()))
+        loss = maml.meta_objective(task_loss, weights, support, query, steps, lr, first_order, layout=layout)
+    grads = tape.gradient(loss, weights)
+    return float(loss), {k: g.numpy() for k, g in grads.items()}
+
+
+def assert_same_meta_gradient(model, image_shape, steps, lr, tol, binary=False, num_tasks=2, ways=5,
+                              orders=(False, True)):
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+    assert task_loss.net is not None, task_loss.unsupported_reason
+    support = episodes(num_tasks, ways, 1, image_shape, seed=1, binary=binary)
+    query = episodes(num_tasks, ways, 2, image_shape, seed=2, binary=binary)
+    for first_order in orders:
+        ref_loss, ref = meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, "loop")
+        loss, got = meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, "batched")
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        scale = max(np.abs(g).max() for g in ref.values())
+        assert set(got) == set(ref)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=tol * scale, err_msg=f"{k}, first_order={first_order}")
+
+
+def test_omniglot_conv_second_and_first_order():
+    keras.utils.set_random_seed(0)
+    assert_same_meta_gradient(models.omniglot_conv(5), (28, 28, 1), steps=2, lr=0.4, tol=1e-4, binary=True)
+
+
+def test_mlp_classifier():
+    keras.utils.set_random_seed(1)
+    assert_same_meta_gradient(models.mlp_classifier(5), (28, 28, 1), steps=2, lr=0.4, tol=1e-4, binary=True,
+                              orders=(False,))
+
+
+def test_maxpool_conv_with_per_step_learning_rates():
+    keras.utils.set_random_seed(2)
+    model = models.conv_classifier(4, image_shape=(16, 16, 3), filters=8, downsample="maxpool")
+    assert_same_meta_gradient(model, (16, 16, 3), steps=2, lr=[0.05, 0.02], tol=1e-4, ways=4, orders=(False,))
+
+
+def test_user_sequential_model():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((12, 12, 2)),
+        layers.Conv2D(6, 3, padding="valid", activation="tanh"),
+        layers.AveragePooling2D(2),
+        layers.Conv2D(5, 3, strides=2, padding="same", use_bias=False),
+        layers.BatchNormalization(),  # with a learned scale
+        layers.Activation("elu"),
+        layers.Flatten(),
+        layers.Dense(7, activation="sigmoid"),
+        layers.Dense(3),
+    ])
+    assert_same_meta_gradient(model, (12, 12, 2), steps=1, lr=0.1, tol=1e-4, ways=3, orders=(False,))
+
+
+def test_forward_matches_keras_and_pack_roundtrips():
+    keras.utils.set_random_seed(4)
+    model = models.miniimagenet_conv(5)
+    net = batched.BatchedNet(model)
+    x, _ = episodes(2, 5, 1, (84, 84, 3))
+    weights = get_weights(model)
+    perturbed = [{k: v + 0.01 * t * tf.ones_like(v) for k, v in weights.items()} for t in range(2)]
+    # tasks side by side: along the channels for image layers, along axis 0 for the others
+    packed = {k: tf.concat([net.pack(p, 1)[k] for p in perturbed], axis=-1 if net._packing[k] == "channels" else 0)
+              for k in weights}
+    out = net(packed, x).numpy()
+    for t in range(2):
+        ref = np.asarray(call(model, perturbed[t], x[t]))
+        np.testing.assert_allclose(out[t], ref, rtol=1e-4, atol=1e-4)
+    unpacked = net.unpack(packed, 2)
+    for t in range(2):
+        for k in weights:
+            np.testing.assert_allclose(unpacked[k][t].numpy(), perturbed[t][k].numpy(), rtol=0, atol=1e-6)
+
+
+def test_metric_curve_and_metrics_match_the_reference():
+    keras.utils.set_random_seed(5)
+    model = models.omniglot_conv(5)
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+    support = episodes(3, 5, 1, (28, 28, 1), seed=3, binary=True)
+    query = episodes(3, 5, 1, (28, 28, 1), seed=4, binary=True)
+    weights = get_weights(model)
+    fast = batched.metric_curve(task_loss, maml.accuracy, weights, support, query, 2, 0.4).numpy()
+    ref = evaluation.metric_curve(task_loss, task_loss.with_loss(maml.accuracy), weights, support, query, 2, 0.4,
+                                  layout="loop").numpy()
+    assert fast.shape == (3, 3)
+    np.testing.assert_allclose(fast, ref)
+    for layout in ("batched", "loop"):
+        loss, metrics = batched.meta_objective_and_metrics(task_loss, weights, support, query, 1, 0.4,
+                                                           metrics={"acc": maml.accuracy}, layout=layout)
+        np.testing.assert_allclose(float(metrics["acc"]), ref[:, 1].mean(), atol=1e-6)
+        np.testing.assert_allclose(float(loss), float(maml.meta_objective(task_loss, weights, support, query, 1, 0.4,
+                                                                          layout="loop")), rtol=1e-5)
+
+
+def test_non_transductive_batch_norm_uses_the_support_statistics():
+    keras.utils.set_random_seed(6)
+    model = models.omniglot_conv(5)
+    net = batched.BatchedNet(model)
+    (sx, _), (qx, _) = episodes(1, 5, 1, (28, 28, 1), seed=7, binary=True), episodes(1, 5, 3, (28, 28, 1), seed=8)
+    weights = get_weights(model)
+    packed = net.pack(weights, 1)
+    out = net(packed, np.concatenate([sx, qx], 1), stats_examples=5)[0, 5:].numpy()
+    # Each query prediction depends on the support set and on itself only.
+    changed = qx.copy()
+    changed[0, 0] = 1.0 - changed[0, 0]
+    out2 = net(packed, np.concatenate([sx, changed], 1), stats_examples=5)[0, 5:].numpy()
+    np.testing.assert_allclose(out2[1:], out[1:], rtol=1e-5, atol=1e-6)
+    assert np.abs(out2[0] - out[0]).max() > 1e-3
+    # Reference: Keras in inference mode with every batch norm's statistics set to the support set's.
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    saved = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
+    for bn in bns:
+        h = keras.Model(model.inputs, bn.input)(sx[0], training=True)
+        mean, var = tf.nn.moments(h, [0, 1, 2])
+        bn.moving_mean.assign(mean)
+        bn.moving_variance.assign(var)
+    ref = np.asarray(call(model, weights, qx[0], training=False))
+    for bn, (m, v) in zip(bns, saved):
+        bn.moving_mean.assign(m)
+        bn.moving_variance.assign(v)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_non_transductive_meta_objective_runs_only_batched():
+    keras.utils.set_random_seed(7)
+    model = models.omniglot_conv(5)
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy, transductive=False)
+    support, query = episodes(2, 5, 1, (28, 28, 1), binary=True), episodes(2, 5, 1, (28, 28, 1), seed=9, binary=True)
+    loss = maml.meta_objective(task_loss, get_weights(model), support, query, 1, 0.4, layout="batched")
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="layout='batched'"):
+        batched.meta_objective_and_metrics(task_loss, get_weights(model), support, query, 1, 0.4, layout="loop")
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.d1 = layers.Dense(8, activation="relu")
+        self.d2 = layers.Dense(2)
+
+    def call(self, x):
+        return self.d2(self.d1(x))
+
+
+def test_unsupported_models_fall_back_to_the_vectorized_layout():
+    keras.utils.set_random_seed(8)
+    dropout = keras.Sequential([keras.Input((4,)), layers.Dense(8), layers.Dropout(0.0), layers.Dense(2)])
+    subclassed = Subclassed()
+    subclassed(tf.zeros((1, 4)))
+    residual_in = keras.Input((4,))
+    h = layers.Dense(4)(residual_in)
+    residual = keras.Model(residual_in, layers.Dense(2)(layers.Add()([h, residual_in])))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    y = np.tile(np.array([0, 1] * 3, np.int32), (3, 1))
+    for model in (dropout, subclassed, residual):
+        assert batched.why_unsupported(model)
+        task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+        a = maml.meta_objective(task_loss, get_weights(model), (x, y), (x, y), 1, 0.1, layout="batched")
+        b = maml.meta_objective(task_loss, get_weights(model), (x, y), (x, y), 1, 0.1, layout="loop")
+        np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    # a plain task loss (not built by batched.supervised_loss) also falls back
+    plain = maml.supervised_loss(lambda w, inputs: call(dropout, w, inputs), maml.softmax_cross_entropy)
+    a = maml.meta_objective(plain, get_weights(dropout), (x, y), (x, y), 1, 0.1, layout="batched")
+    b = maml.meta_objective(plain, get_weights(dropout), (x, y), (x, y), 1, 0.1, layout="loop")
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5)

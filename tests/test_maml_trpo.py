@@ -1,0 +1,169 @@
+"""Tests of MAML-TRPO: the inner policy-gradient step against a hand-computed REINFORCE gradient, the
+meta-gradient against finite differences, the curvature against an explicit Hessian, and a few
+real iterations on 2D navigation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maml_tf import maml
+from maml_tf.functional import get_weights
+from rl import maml_trpo, policies, trpo
+from rl.sampler import Sampler
+
+LAYOUT = "loop"  # two tasks: unrolled graphs trace faster than vectorized ones
+
+
+def random_data(M, N, obs_dim, act_dim, seed, dtype=tf.float64, ragged=True):
+    rng = np.random.default_rng(seed)
+    mask = (rng.uniform(size=(M, N)) < 0.8).astype(float) if ragged else np.ones((M, N))
+    mask[:, 0] = 1.0
+    return maml_trpo.PolicyData(tf.constant(rng.normal(size=(M, N, obs_dim)), dtype),
+                                tf.constant(rng.normal(size=(M, N, act_dim)), dtype),
+                                tf.constant(rng.normal(size=(M, N)) * mask, dtype), tf.constant(mask, dtype))
+
+
+def test_inner_step_is_the_hand_computed_reinforce_gradient_of_a_linear_gaussian_policy():
+    # one-step problem: a ~ N(W s + b, diag(exp(l))^2), loss -mean_n m_n A_n log pi(a_n | s_n)
+    model = policies.gaussian_mlp_policy(3, 2, hidden=(), seed=0, dtype="float64", name="linear")
+    w = perturbed = {k: v + 0.1 for k, v in get_weights(model).items()}
+    data = random_data(1, 9, 3, 2, seed=1)
+    one = tf.nest.map_structure(lambda x: x[0], data)
+    s, a, adv, m = (x.numpy() for x in one)
+    W, b, l = perturbed["mean/kernel"].numpy(), perturbed["mean/bias"].numpy(), perturbed["log_std/log_std"].numpy()
+    mu = s @ W + b
+    var = np.exp(2 * l)
+    coef = -(m * adv) / m.sum()                     # d loss / d log pi_n
+    d_mu = (a - mu) / var                            # d log pi / d mu
+    grad = {"mean/kernel": s.T @ (coef[:, None] * d_mu),
+            "mean/bias": (coef[:, None] * d_mu).sum(0),
+            "log_std/log_std": (coef[:, None] * ((a - mu) ** 2 / var - 1.0)).sum(0)}
+    fast = maml.inner_update(maml_trpo.reinforce_loss(model), w, one, lr=0.1)
+    for k in w:
+        np.testing.assert_allclose(fast[k].numpy(), w[k].numpy() - 0.1 * grad[k], rtol=1e-10, atol=1e-12)
+
+
+def tiny_setup(first_order=False, inner_steps=1, curvature="gauss_newton"):
+    model = policies.gaussian_mlp_policy(2, 2, hidden=(3,), seed=3, dtype="float64", name="tiny")
+    config = maml_trpo.Config(inner_lr=0.7, inner_steps=inner_steps, first_order=first_order, curvature=curvature,
+                              rollouts_per_task=1, layout=LAYOUT)
+    objective = maml_trpo.MetaObjective(model, config)
+    w0 = get_weights(model)
+    pre, post = random_data(2, 6, 2, 2, seed=4), random_data(2, 6, 2, 2, seed=5)
+    fast = objective.adapted(w0, pre)
+    # actions of the post-update data drawn near the adapted policy, so the surrogate is informative
+    old = objective.old_policy(fast, post)
+    return model, objective, w0, pre, post, old, fast
+
+
+def test_meta_gradient_matches_central_finite_differences():
+    model, objective, w0, pre, post, old, _ = tiny_setup()
+    point = {k: v + tf.constant(np.random.default_rng(6).normal(scale=0.1, size=v.shape), v.dtype)
+             for k, v in w0.items()}
+    loss, grad = objective.loss_and_gradient(point, pre, post, old)
+    flat0, g = trpo.flatten(point).numpy(), trpo.flatten(grad).numpy()
+    eps = 1e-6
+    fd = np.zeros_like(flat0)
+    for j in range(len(flat0)):
+        e = np.zeros_like(flat0)
+        e[j] = eps
+        plus = objective.loss_and_kl(trpo.unflatten(flat0 + e, point), pre, post, old)[0]
+        minus = objective.loss_and_kl(trpo.unflatten(flat0 - e, point), pre, post, old)[0]
+        fd[j] = (float(plus) - float(minus)) / (2 * eps)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    # the first-order gradient is a different quantity on this problem (the second-order term matters)
+    with tf.GradientTape() as tape:
+        tape.watch(point)
+        loss_fo = -objective._terms(point, pre, post, old, first_order=True)[0]
+    g_fo = tape.gradient(loss_fo, point)
+    assert np.linalg.norm(trpo.flatten(g_fo).numpy() - fd) > 1e-3 * np.linalg.norm(fd)
+
+
+def explicit_hessian(function, point, eps=1e-5):
+    """The Hessian of ``function`` (of a weight dict) at ``point`` by central differences of its
+    gradient (one tape: no nested differentiation, unlike the products under test)."""
+    flat0 = trpo.flatten(point).numpy()
+
+    @tf.function
+    def gradient(flat):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            y = function(trpo.unflatten(flat, point))
+        return tape.gradient(y, flat)
+
+    columns = []
+    for j in range(len(flat0)):
+        e = np.zeros_like(flat0)
+        e[j] = eps
+        columns.append((gradient(tf.constant(flat0 + e)) - gradient(tf.constant(flat0 - e))).numpy() / (2 * eps))
+    return np.stack(columns, axis=1), gradient(tf.constant(flat0)).numpy()
+
+
+@pytest.mark.parametrize("first_order, inner_steps, curvatures", [
+    (False, 1, ("gauss_newton", "exact")), (True, 1, ("gauss_newton",)), (False, 0, ("gauss_newton",))])
+def test_curvature_products_equal_the_hessian_of_the_kl_through_the_inner_step(first_order, inner_steps, curvatures):
+    model, gn, w0, pre, post, old, fast = tiny_setup(first_order, inner_steps)
+    if first_order:  # theta'_i = theta + a constant shift: the curvature is that of KL(theta + shift_i)
+        def kl(w):
+            return tf.reduce_mean([maml_trpo.surrogate_and_kl(
+                model, {k: w[k] + fast[k][i] - w0[k] for k in w}, *tf.nest.map_structure(lambda x: x[i], (post, old)))[1]
+                for i in range(2)])
+    else:
+        def kl(w):
+            return gn._terms(w, pre, post, old, first_order=False)[1]
+    hessian, grad = explicit_hessian(kl, w0)
+    assert np.abs(grad).max() < 1e-10  # the KL is at its minimum (0) at the current parameters
+    np.testing.assert_allclose(hessian, hessian.T, atol=1e-7)
+    v = np.random.default_rng(7).normal(size=hessian.shape[0])
+    for curvature in curvatures:
+        config = maml_trpo.Config(**{**gn.config.__dict__, "curvature": curvature})
+        hv = maml_trpo.MetaObjective(model, config).hvp(w0, trpo.unflatten(v, w0), pre, post, old, fast)
+        np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
+
+
+def test_standardize_and_subsample():
+    adv = np.array([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 7.0, 0.0]])
+    mask = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    z = maml_trpo.standardize(adv, mask)
+    assert z[0, 3] == 0.0
+    for i in range(2):
+        valid = z[i][mask[i] > 0]
+        assert valid.mean() == pytest.approx(0.0, abs=1e-12) and valid.std() == pytest.approx(1.0, rel=1e-6)
+    data = random_data(2, 12, 2, 2, seed=0)  # 4 rollouts x 3 steps
+    sub = maml_trpo.subsample_rollouts(data, rollouts=4, keep=1)
+    assert sub.obs.shape == (2, 3, 2) and sub.mask.shape == (2, 3)
+    assert maml_trpo.subsample_rollouts(data, rollouts=4, keep=4) is data
+
+
+@pytest.fixture(scope="module")
+def nav_sampler():
+    with Sampler("maml_tf/Navigation2D-v0", num_workers=0, horizon=10) as sampler:
+        yield sampler
+
+
+@pytest.mark.parametrize("inner_steps", [1, 0])
+def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inner_steps):
+    model = policies.gaussian_mlp_policy(2, 2, seed=0, name=f"nav{inner_steps}")
+    config = maml_trpo.Config(rollouts_per_task=4, inner_lr=0.5, inner_steps=inner_steps, hvp_subsample=0.5, layout=LAYOUT)
+    learner = maml_trpo.MAMLTRPO(model, nav_sampler, config)
+    tasks = nav_sampler.sample_tasks(2, np.random.default_rng(0))
+    for i in range(2 if inner_steps else 1):
+        before = trpo.flatten(get_weights(model)).numpy()
+        metrics = learner.step(maml_trpo.IterationBatch(tasks, seed=10 + i))
+        after = trpo.flatten(get_weights(model)).numpy()
+        assert metrics["kl"] <= config.max_kl and np.all(np.isfinite(after))
+        assert ("post_return" in metrics) == bool(inner_steps)
+        if metrics["step_fraction"] > 0:
+            assert metrics["surrogate_after"] > metrics["surrogate_before"] and not np.allclose(before, after)
+        else:
+            np.testing.assert_array_equal(before, after)
+    assert learner.score() == metrics["post_return" if inner_steps else "pre_return"]
+
+
+def test_adaptation_returns_shape_and_determinism(nav_sampler):
+    model = policies.gaussian_mlp_policy(2, 2, seed=1, name="nav_eval")
+    tasks = nav_sampler.sample_tasks(3, np.random.default_rng(1))
+    r1 = maml_trpo.adaptation_returns(model, nav_sampler, tasks, steps=2, inner_lr=[0.5, 0.25], rollouts_per_task=3, seed=5)
+    r2 = maml_trpo.adaptation_returns(model, nav_sampler, tasks, steps=2, inner_lr=[0.5, 0.25], rollouts_per_task=3, seed=5)
+    assert r1.shape == (3, 3) and np.all(r1 < 0)
+    np.testing.assert_allclose(r1, r2, rtol=1e-5)

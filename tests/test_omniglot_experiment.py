@@ -1,0 +1,100 @@
+"""experiments/omniglot.py end to end on the synthetic Omniglot of data/fixtures.py: training with
+validation and resume, metrics.json, figure, --eval_only; bad input ends with one sentence."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data.fixtures import make_omniglot_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "omniglot.py"
+# 9 fixture characters: 4 train + 2 validation + 3 test, x 4 rotations
+TINY = ["--num_train_characters=6", "--num_val_characters=2", "--nodownload", "--meta_batch_size=4",
+        "--val_tasks=6", "--eval_tasks=10", "--eval_batch_size=5", "--log_every=2", "--validate_every=2",
+        "--checkpoint_every=2"]
+REQUIRED_KEYS = {"config", "seed", "iterations", "wall_time_s", "transductive_bn", "test", "validation", "paper",
+                 "split", "command"}
+
+
+def run(*args, check=True):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_omniglot_fixture(tmp_path_factory.mktemp("omniglot"))
+
+
+def test_train_resume_evaluate(data_dir, tmp_path):
+    logdir = tmp_path / "run"
+    common = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
+    first = run(*common, "--iterations=4")
+    assert "test accuracy" in first.stdout
+    second = run(*common, "--iterations=6")  # resumes from the checkpoint at 4
+    assert "resumed" in second.stdout
+
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(metrics)
+    assert metrics["iterations"] == 6 and metrics["seed"] == 0 and metrics["transductive_bn"] is True
+    assert metrics["test"]["num_tasks"] == 10
+    assert len(metrics["test"]["accuracy"]) == len(metrics["test"]["ci95"]) == 4  # 0..3 steps (5-way preset)
+    assert all(0.0 <= a <= 100.0 for a in metrics["test"]["accuracy"])
+    assert metrics["paper"] == {"accuracy": 98.7, "ci95": 0.4}
+    assert metrics["config"]["inner_lr"] == 0.4 and metrics["config"]["num_inner_steps"] == 1
+    assert metrics["split"]["characters"] == {"train": 4, "val": 2, "test": 3}
+    assert metrics["validation"]["best_iteration"] in (2, 4, 6)
+    assert metrics["command"].startswith("python experiments/omniglot.py")
+    for name in ("learning_curve.png", "split.json", "history.jsonl", "config.json"):
+        assert (logdir / name).exists(), name
+    history = [json.loads(line) for line in (logdir / "history.jsonl").read_text().splitlines()]
+    train_its = [h["iteration"] for h in history if "train_query_accuracy" in h]
+    assert train_its == [2, 4, 6]  # the resumed run continues the curve
+    assert [h["iteration"] for h in history if "val_accuracy" in h] == [2, 4, 6]
+
+    again = run("--eval_only", f"--logdir={logdir}", f"--data_dir={data_dir}", *TINY[:3], "--val_tasks=6",
+                "--eval_tasks=10", "--eval_batch_size=5")
+    assert "matches" in again.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num_shots=15", "--num_query=10"], "at most 20"),
+    (["--num_ways=0"], "--num_ways must be a positive integer"),
+    (["--inner_lr=-1"], "--inner_lr must be positive"),
+])
+def test_bad_flags_exit_with_one_sentence(args, message):
+    proc = run(*args, "--iterations=1", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_data_exits_with_one_sentence(data_dir, tmp_path):
+    missing = run(f"--data_dir={tmp_path / 'nothing'}", "--nodownload", f"--logdir={tmp_path / 'a'}", check=False)
+    assert missing.returncode == 1
+    assert last_line(missing.stderr).startswith("error: Omniglot not found")
+    too_many = run(f"--data_dir={data_dir}", *TINY, "--num_ways=20", f"--logdir={tmp_path / 'b'}", check=False)
+    assert too_many.returncode == 1
+    assert last_line(too_many.stderr) == "error: 20-way tasks need 20 character classes but Omniglot (train) has only 16."
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (corrupt / name).write_bytes(b"not a zip archive")
+    bad = run(f"--data_dir={corrupt}", "--nodownload", f"--logdir={tmp_path / 'c'}", check=False)
+    assert bad.returncode == 1
+    assert "is not a readable zip archive" in last_line(bad.stderr)
+    assert "Traceback" not in missing.stderr + too_many.stderr + bad.stderr
