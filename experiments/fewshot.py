@@ -158,8 +158,11 @@ def _checkpoint_iteration(directory: str) -> int:
     return int(path.rsplit("-", 1)[1]) if path else 0
 
 
-def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_sample, verbose: bool = True):
-    """Meta-train (or resume) with validation; returns :class:`maml_tf.training.TrainResult`."""
+def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_sample, curve=None,
+               verbose: bool = True):
+    """Meta-train (or resume) with validation; returns :class:`maml_tf.training.TrainResult`.
+
+    ``curve``: the compiled evaluation (:func:`make_curve`), to share its traces with the test."""
     task_loss, accuracy = task_losses(model, cfg)
     optimizer = keras.optimizers.Adam(cfg.meta_lr)
     step = make_train_step(model, optimizer, make_objective(task_loss, cfg), jit_compile=cfg.jit_compile)
@@ -185,7 +188,7 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
             window["query_accuracy"].clear()
         return out
 
-    curve = make_curve(model, task_loss, accuracy, cfg)
+    curve = curve or make_curve(model, task_loss, accuracy, cfg)
 
     def validate() -> float:
         result = evaluate(curve, val_sample, cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
@@ -267,18 +270,18 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     t0 = time.time()
     keras.utils.set_random_seed(cfg.seed)
     model = build_model()
+    curve = make_curve(model, *task_losses(model, cfg), cfg)
     train_result = None
     if not eval_only:
         check_config(logdir, cfg.to_json(), MODEL_KEYS)
-        train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], verbose=verbose)
+        train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], curve, verbose=verbose)
     restored = load_for_evaluation(model, logdir)
-    task_loss, accuracy = task_losses(model, cfg)
-    curve = make_curve(model, task_loss, accuracy, cfg)
     test = evaluate(curve, samplers["test"], cfg.eval_tasks, cfg.eval_batch_size, cfg.eval_seed)
     validation = evaluate(curve, samplers["val"], cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
     validation["best_iteration"] = restored["iteration"]
     print_results(cfg, test, paper, cfg.transductive_bn)
-    trained_iterations = train_result.iterations if train_result else _checkpoint_iteration(os.path.join(logdir, "ckpt"))
+    trained_iterations = (train_result.iterations if train_result
+                          else _checkpoint_iteration(os.path.join(logdir, "ckpt")))
     train_wall = train_result.wall_time_s if train_result else None
     metrics = {
         "config": cfg.to_json(),

@@ -23,6 +23,7 @@ how to build <data_dir>/images/*.jpg and the split CSVs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -32,9 +33,18 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import fewshot  # noqa: E402
-from maml_tf import maml, models, paper  # noqa: E402
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+# TensorFlow (and maml_tf, which imports it) is imported in main, once the flags are valid, so that a
+# bad flag fails at once; hence the lazy wrapper around maml_tf.cli.one_sentence_errors.
+LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
+
+
+def one_sentence_errors(main):
+    @functools.wraps(main)
+    def wrapped(argv):
+        from maml_tf.cli import one_sentence_errors as wrap
+        return wrap(main)(argv)
+    return wrapped
+
 
 PRESET = dict(num_inner_steps=5, inner_lr=0.01, num_eval_steps=10, num_query=15)
 META_BATCH = {1: 4, 5: 2}  # paper: 4 for 1-shot, 2 for 5-shot
@@ -59,7 +69,8 @@ flags.DEFINE_bool("fixture", False, "Write a small synthetic mini-ImageNet (data
 flags.DEFINE_string("logdir", None, "Checkpoints, history, metrics.json, figure "
                     "(default results/miniimagenet[_first_order]/<W>way<K>shot).")
 flags.DEFINE_bool("eval_only", False, "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
-flags.DEFINE_bool("transductive_bn", True, "Batch norm with the query batch's statistics (paper); False: the support set's.")
+flags.DEFINE_bool("transductive_bn", True,
+                  "Batch norm with the query batch's statistics (paper); False: the support set's.")
 flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
 flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
 flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
@@ -68,7 +79,7 @@ flags.DEFINE_integer("validate_every", 1000, "Iterations between validations (0:
 flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
 flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
 flags.DEFINE_integer("eval_batch_size", 10, "Tasks evaluated at once.")
-flags.DEFINE_enum("layout", "batched", maml.LAYOUTS, "How per-task computations are laid out (batched: fastest).")
+flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest).")
 flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
@@ -87,8 +98,9 @@ flags.register_multi_flags_validator(
     "--fixture writes its own data; drop --data_dir (or --fixture).")
 
 
-def config_from_flags(stored: dict | None = None) -> fewshot.Config:
+def config_from_flags(stored: dict | None = None):
     """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
+    import fewshot
     def pick(name, default=None):
         if FLAGS[name].present or stored is None or name not in stored:
             value = getattr(FLAGS, name)
@@ -102,7 +114,8 @@ def config_from_flags(stored: dict | None = None) -> fewshot.Config:
         model="conv", num_ways=pick("num_ways"), num_shots=num_shots,
         num_query=pick("num_query", PRESET["num_query"]), eval_num_query=pick("eval_num_query", num_shots),
         meta_batch_size=pick("meta_batch_size", META_BATCH.get(num_shots, 2 if num_shots > 1 else 4)),
-        inner_lr=pick("inner_lr", PRESET["inner_lr"]), num_inner_steps=pick("num_inner_steps", PRESET["num_inner_steps"]),
+        inner_lr=pick("inner_lr", PRESET["inner_lr"]),
+        num_inner_steps=pick("num_inner_steps", PRESET["num_inner_steps"]),
         num_eval_steps=pick("num_eval_steps", PRESET["num_eval_steps"]),
         iterations=pick("iterations"), meta_lr=pick("meta_lr"), first_order=first_order,
         transductive_bn=FLAGS.transductive_bn if (FLAGS["transductive_bn"].present or not stored)
@@ -112,11 +125,13 @@ def config_from_flags(stored: dict | None = None) -> fewshot.Config:
         eval_batch_size=FLAGS.eval_batch_size, layout=FLAGS.layout, jit_compile=FLAGS.jit_compile)
 
 
-def default_logdir(cfg: fewshot.Config) -> str:
+def default_logdir(cfg) -> str:
     return os.path.join("results", cfg.dataset, cfg.setting + ("" if cfg.transductive_bn else "_nontransductive"))
 
 
-def load_samplers(cfg: fewshot.Config, data_dir, use_cache: bool = True):
+def load_samplers(cfg, data_dir, use_cache: bool = True):
+    import fewshot
+
     from data.episodes import default_data_dir
     from data.miniimagenet import load_miniimagenet_splits
     splits = load_miniimagenet_splits(data_dir, use_cache=use_cache)
@@ -138,7 +153,10 @@ def load_samplers(cfg: fewshot.Config, data_dir, use_cache: bool = True):
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+    import fewshot
     import tensorflow as tf
+
+    from maml_tf import models, paper
     if FLAGS.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     if FLAGS.inter_op_threads:

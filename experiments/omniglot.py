@@ -23,6 +23,7 @@ for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character li
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,9 +34,18 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import fewshot  # noqa: E402
-from maml_tf import maml, models, paper  # noqa: E402
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+# TensorFlow (and maml_tf, which imports it) is imported in main, once the flags are valid, so that a
+# bad flag fails at once; hence the lazy wrapper around maml_tf.cli.one_sentence_errors.
+LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
+
+
+def one_sentence_errors(main):
+    @functools.wraps(main)
+    def wrapped(argv):
+        from maml_tf.cli import one_sentence_errors as wrap
+        return wrap(main)(argv)
+    return wrapped
+
 
 DRAWINGS = 20  # drawings per Omniglot character
 PRESETS = {  # paper appendix A.1, by number of ways
@@ -50,7 +60,8 @@ flags.DEFINE_integer("num_query", None, "Query examples per class during meta-tr
 flags.DEFINE_integer("eval_num_query", None, "Query examples per class in validation and test tasks (default K).")
 flags.DEFINE_integer("meta_batch_size", None, "Tasks per meta-iteration (default: paper, 32 for 5-way, 16 for 20-way).")
 flags.DEFINE_float("inner_lr", None, "Inner learning rate (default: paper, 0.4 for 5-way, 0.1 for 20-way).")
-flags.DEFINE_integer("num_inner_steps", None, "Inner steps in meta-training (default: paper, 1 for 5-way, 5 for 20-way).")
+flags.DEFINE_integer("num_inner_steps", None,
+                     "Inner steps in meta-training (default: paper, 1 for 5-way, 5 for 20-way).")
 flags.DEFINE_integer("num_eval_steps", None, "Inner steps at test time (default: paper, 3 for 5-way, 5 for 20-way).")
 flags.DEFINE_integer("iterations", 60000, "Meta-training iterations.")
 flags.DEFINE_float("meta_lr", 0.001, "Adam learning rate of the meta-optimizer.")
@@ -61,9 +72,11 @@ flags.DEFINE_string("data_dir", None, "Folder with images_background.zip and ima
 flags.DEFINE_bool("download", True, "Download the archives from the Omniglot repository if they are missing.")
 flags.DEFINE_integer("num_train_characters", 1200, "Meta-training characters, validation included (paper: 1200).")
 flags.DEFINE_integer("num_val_characters", 100, "Of those, held out for validation (authors' code: 100).")
-flags.DEFINE_string("logdir", None, "Checkpoints, history, metrics.json, figure (default results/omniglot[_mlp]/<W>way<K>shot).")
+flags.DEFINE_string("logdir", None,
+                    "Checkpoints, history, metrics.json, figure (default results/omniglot[_mlp]/<W>way<K>shot).")
 flags.DEFINE_bool("eval_only", False, "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
-flags.DEFINE_bool("transductive_bn", True, "Batch norm with the query batch's statistics (paper); False: the support set's.")
+flags.DEFINE_bool("transductive_bn", True,
+                  "Batch norm with the query batch's statistics (paper); False: the support set's.")
 flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
 flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
 flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
@@ -72,7 +85,7 @@ flags.DEFINE_integer("validate_every", 1000, "Iterations between validations (0:
 flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
 flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
 flags.DEFINE_integer("eval_batch_size", 100, "Tasks evaluated at once.")
-flags.DEFINE_enum("layout", "batched", maml.LAYOUTS, "How per-task computations are laid out (batched: fastest).")
+flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest).")
 flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for this network on CPU).")
 flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
@@ -98,8 +111,9 @@ flags.register_multi_flags_validator(
     "--num_val_characters must be smaller than --num_train_characters.")
 
 
-def config_from_flags(stored: dict | None = None) -> fewshot.Config:
+def config_from_flags(stored: dict | None = None):
     """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
+    import fewshot
     def pick(name, default=None):
         if FLAGS[name].present or stored is None or name not in stored:
             value = getattr(FLAGS, name)
@@ -127,12 +141,14 @@ def config_from_flags(stored: dict | None = None) -> fewshot.Config:
         jit_compile=FLAGS.jit_compile)
 
 
-def default_logdir(cfg: fewshot.Config) -> str:
+def default_logdir(cfg) -> str:
     suffix = ("_first_order" if cfg.first_order else "") + ("" if cfg.transductive_bn else "_nontransductive")
     return os.path.join("results", cfg.dataset, cfg.setting + suffix)
 
 
-def load_splits(cfg: fewshot.Config):
+def load_splits(cfg):
+    import fewshot
+
     from data.omniglot import load_omniglot_splits
     splits = load_omniglot_splits(FLAGS.data_dir, num_train=FLAGS.num_train_characters,
                                   num_val=FLAGS.num_val_characters, download=FLAGS.download)
@@ -162,7 +178,10 @@ def split_record(splits, logdir: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+    import fewshot
     import tensorflow as tf
+
+    from maml_tf import models, paper
     if FLAGS.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     if FLAGS.inter_op_threads:

@@ -42,7 +42,8 @@ def assert_same_meta_gradient(model, image_shape, steps, lr, tol, binary=False, 
         scale = max(np.abs(g).max() for g in ref.values())
         assert set(got) == set(ref)
         for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=tol * scale, err_msg=f"{k}, first_order={first_order}")
+            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=tol * scale,
+                                       err_msg=f"{k}, first_order={first_order}")
 
 
 def test_omniglot_conv_second_and_first_order():

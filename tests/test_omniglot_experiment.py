@@ -89,7 +89,8 @@ def test_bad_data_exits_with_one_sentence(data_dir, tmp_path):
     assert last_line(missing.stderr).startswith("error: Omniglot not found")
     too_many = run(f"--data_dir={data_dir}", *TINY, "--num_ways=20", f"--logdir={tmp_path / 'b'}", check=False)
     assert too_many.returncode == 1
-    assert last_line(too_many.stderr) == "error: 20-way tasks need 20 character classes but Omniglot (train) has only 16."
+    assert last_line(too_many.stderr) == ("error: 20-way tasks need 20 character classes but Omniglot (train) "
+                                          "has only 16.")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for name in ("images_background.zip", "images_evaluation.zip"):
