@@ -72,15 +72,17 @@ def run_settings(logdir: str, method: str) -> dict:
 
 
 def load_policy(logdir: str, method: str, sampler: Sampler):
-    """The trained policy of ``method`` and (iteration of the checkpoint, training wall time)."""
+    """The trained policy of ``method`` and {checkpoint, its iteration, the iterations trained, wall time}."""
     run = os.path.join(logdir, method)
     model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, name=f"policy_{method}")
     ckpt = make_checkpoint(model, None)
     dirs = ["best", "ckpt"] if FLAGS.checkpoint == "best" else ["ckpt"]
+    latest = tf.train.latest_checkpoint(os.path.join(run, "ckpt"))
+    trained = int(latest.rsplit("-", 1)[1]) if latest else None
     for d in dirs:
         if restore(ckpt, os.path.join(run, d), what=f"{method} checkpoint") is not None:
             return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
-                           "wall_time_s": round(float(ckpt.wall_time.numpy()), 1)}
+                           "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1)}
     raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method}).")
 
 
@@ -172,7 +174,8 @@ def main(argv):
                    "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
                                 if k in maml_run}},
         "seed": FLAGS.seed,
-        "iterations": {m: t["iteration"] for m, t in training.items()},
+        # meta-iterations of the MAML run (else of the first trained method); per method in "training"
+        "iterations": next((training[m]["trained_iterations"] for m in ("maml", *training) if m in training), 0),
         "wall_time_s": round(time.time() - t0, 1),
         "training": training,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
