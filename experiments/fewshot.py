@@ -190,9 +190,10 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
 
     curve = curve or make_curve(model, task_loss, accuracy, cfg)
 
-    def validate() -> float:
+    def validate(iteration: int, wall_time_s: float) -> float:
         result = evaluate(curve, val_sample, cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
-        history.append({"iteration": current["i"] + 1, "val_accuracy": result["accuracy"], "val_ci95": result["ci95"]})
+        history.append({"iteration": iteration, "val_accuracy": result["accuracy"], "val_ci95": result["ci95"],
+                         "wall_time_s": round(wall_time_s, 1)})
         return result["accuracy"][-1]
 
     return train(model, optimizer, logged_step, batch_for_iteration, cfg.iterations, logdir,

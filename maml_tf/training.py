@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -114,10 +116,38 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkp
     return path
 
 
+class _DeferredInterrupt:
+    """Ctrl-C and SIGTERM end a run between iterations, never inside a step (whose optimizer update
+    may already be applied), so the checkpoint saved on the way out is exact. A second signal
+    interrupts at once. Handlers are only set in the main thread (elsewhere signals are not ours)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], step: Callable[[Any], dict],
           batch_for_iteration: Callable[[int], Any], iterations: int, logdir: str,
           checkpoint_every: int = 1000, log_every: int = 100,
-          validate: Optional[Callable[[], float]] = None, validate_every: int = 0,
+          validate: Optional[Callable[[int, float], float]] = None, validate_every: int = 0,
           name: str = "meta-train", verbose: bool = True) -> TrainResult:
     """Run (or resume) ``iterations`` steps of ``step(batch_for_iteration(i))``.
 
@@ -126,7 +156,8 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
     ``optimizer=None`` and keeps its state in the model).
 
     Resumes from the latest checkpoint in ``<logdir>/ckpt``. Saves every ``checkpoint_every``
-    iterations, at the end, and on Ctrl-C. ``validate()`` returns a score (higher is better); the
+    iterations, at the end, and when Ctrl-C or SIGTERM ends the run (after the current iteration). ``validate(iteration, wall_time_s)`` returns a
+    score (higher is better; ``wall_time_s`` is the training time so far, resumed runs included); the
     best checkpoint so far is kept in ``<logdir>/best``.
     """
     if iterations < 0:
@@ -153,7 +184,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
     window_t, window_i = t0, start
     metrics: Dict[str, float] = {}
     i = start
-    try:
+    with _DeferredInterrupt() as interrupt:
         while i < iterations:
             out = step(batch_for_iteration(i))
             i += 1
@@ -174,7 +205,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
                     print(f"[{name}] {i}/{iterations}  {shown}  {rate:.1f} it/s  "
                           f"ETA {_format_duration((iterations - i) / max(rate, 1e-9))}", flush=True)
             if validate is not None and validate_every and (i % validate_every == 0 or i == iterations):
-                score = float(validate())
+                score = float(validate(i, wall0 + time.time() - t0))
                 with writer.as_default(step=i):
                     tf.summary.scalar("validation/score", score)
                 improved = score > best_score.numpy()
@@ -187,13 +218,13 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
                 if verbose:
                     print(f"[{name}] validation at {i}: {score:.4f}" + ("  (best so far, saved)" if improved else ""),
                           flush=True)
+            if interrupt.requested:  # between iterations: the state is exactly that of iteration i
+                save(i, wall0 + time.time() - t0)
+                print(f"\n[{name}] interrupted at iteration {i}; checkpoint saved, run the same command to resume.",
+                      file=sys.stderr, flush=True)
+                raise KeyboardInterrupt
             if i % checkpoint_every == 0 and i < iterations:
                 save(i, wall0 + time.time() - t0)
-    except KeyboardInterrupt:
-        save(i, wall0 + time.time() - t0)
-        print(f"\n[{name}] interrupted at iteration {i}; checkpoint saved, run the same command to resume.",
-              file=sys.stderr, flush=True)
-        raise
     wall = wall0 + time.time() - t0
     if start < iterations or restored is None:
         save(i, wall)

@@ -75,3 +75,39 @@ def test_divergence_stops_with_a_clear_error(tmp_path):
 
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         train(model, opt, bad_step, batch_for, 5, str(tmp_path), log_every=1, verbose=False)
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_iteration_and_validation_sees_the_clock(tmp_path):
+    import signal
+
+    import tensorflow as tf
+
+    model, opt, step, batch_for = setup()
+    seen = []
+
+    def step_then_terminate(batch):
+        out = step(batch)
+        if int(opt.iterations.numpy()) == 13:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    def validate(iteration, wall_time_s):
+        seen.append((iteration, wall_time_s))
+        return -float(iteration)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, opt, step_then_terminate, batch_for, 100, str(tmp_path), checkpoint_every=10,
+              validate=validate, validate_every=5, verbose=False)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-13")  # after the step it interrupted
+    assert [i for i, _ in seen] == [5, 10]
+    assert 0 < seen[0][1] <= seen[1][1]
+
+    model, opt, step, batch_for = setup()  # resuming gives exactly the uninterrupted run
+    train(model, opt, step, batch_for, 30, str(tmp_path), checkpoint_every=10, verbose=False)
+    resumed = weights_of(model)
+    model, opt, step, batch_for = setup()
+    train(model, opt, step, batch_for, 30, str(tmp_path / "straight"), checkpoint_every=10, verbose=False)
+    for k, v in weights_of(model).items():
+        np.testing.assert_allclose(resumed[k], v, rtol=1e-6, atol=1e-7)
