@@ -33,13 +33,16 @@ unaffected, but second derivatives taken through it are not those of the functio
 are exact no-ops in value (a convolution bias feeding batch norm: ``BN(x + b) == BN(x)``) still change
 the second-order meta-gradient; the batched layout keeps every such detail.
 
-Speed (benchmarks/meta_step.py, 2-core CPU shared with other jobs; Omniglot conv net, second order):
-5-way 1-shot (32 tasks, 1 step) 569 ms per iteration against 651 ms for the loop (CPU time 567 vs
-780 ms), compiled in 12 s instead of 155 s, with half the peak memory (0.93 vs 1.95 GB); 20-way 1-shot
-(16 tasks, 5 steps) about as fast as the loop in CPU time (3.9 vs 3.6 s), compiled in 109 s instead
-of 17 min, with 1.8 vs 3.2 GB. The work is bounded by the convolutions' arithmetic, which batching
-does not reduce; a grouped convolution is less efficient per operation than a plain one (about
-20 vs 35 GMAC/s here), and XLA is no help (it lowers grouped convolutions to dense ones, 30x slower).
+Speed (``benchmarks/meta_step.py``, results in ``results/benchmarks/meta_step.jsonl``; 2-core CPU,
+Omniglot conv net, second order): 5-way 1-shot (32 tasks, 1 inner step) takes 105 ms per iteration
+against 154 ms for the plain loop (1.46x), compiles in 4 s instead of 45 s, and peaks at half the
+memory (0.91 vs 1.85 GB). Batching does not reduce the arithmetic (about 5.0 GMAC per such iteration:
+forward, inner gradient, query pass and the second-order backward pass), so 105 ms is 48 GMAC/s, while
+a large matrix product reaches about 220 GMAC/s on the same two cores. What is left is the efficiency
+of oneDNN's grouped convolutions and their gradients at these small per-task shapes (about 70% of the
+op time in a profile; batch norm's reductions and element-wise ops most of the rest). Formulations by
+image patches and batched matrix products were slower (the patch extraction and its gradient are
+memory-bound ops in TensorFlow), with or without XLA; XLA on the grouped convolutions is 30x slower.
 
 Batch norm without transduction: ``supervised_loss(..., transductive=False)`` normalises every query
 example with the statistics of the task's *support* batch (computed with the same fast weights) instead
