@@ -10,16 +10,22 @@ Methods (each fine-tuned on the same test tasks, with the same seeds):
   random      a freshly initialised policy
   oracle      the policy trained on the environment that observes the task; evaluated without
               fine-tuning (0 steps), on its own environment
-Each step samples 20 fresh rollouts per task with the current (adapted) policy, reports their average
-return, and takes one vanilla policy-gradient step (linear baseline refitted per task, gamma 0.99,
-GAE lambda 1, advantages standardised per task; the same loss as the inner step of meta-training).
-Step sizes: the first step uses the meta-training inner lr (from the MAML run's config.json: 0.1 for
-the locomotion tasks, 0.5 for navigation by default), later steps half of it, as the authors' test
-scripts (0.1 then 0.05). Writes results/rl/<task>/metrics.json and figure_returns.png.
+Each step samples fresh rollouts of the current (adapted) policy, reports their average return, and
+takes one vanilla policy-gradient step (linear baseline refitted per task, gamma 0.99, GAE lambda 1,
+advantages standardised per task; the same loss as the inner step of meta-training).
+
+The test protocol follows the authors' test scripts (maml_examples/test_maml_*.py of their RL code),
+whose results the paper reports (``TEST_PROTOCOL``): every step samples 4000 environment steps per
+task (40 rollouts of 100 steps for navigation, 20 of 200 for locomotion; 8000 steps, 40 rollouts,
+for ant forward/backward); the first step size is per method (MAML: its meta-training inner lr;
+pretrained and random: the authors' values, e.g. 0.02 and 0.1 for half-cheetah velocity), later steps
+take half of it (a hundredth for ant forward/backward). ``--rollouts_per_task`` and ``--test_lr``
+override the protocol for every method. Writes results/rl/<task>/metrics.json and figure_returns.png.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -49,18 +55,47 @@ flags.DEFINE_string("logdir", None, "Where the methods' runs are (default: resul
 flags.DEFINE_list("methods", list(ALL_METHODS), "Methods to evaluate: a subset of maml,pretrained,random,oracle.")
 flags.DEFINE_integer("num_tasks", 40, "Test tasks.")
 flags.DEFINE_integer("steps", 3, "Policy-gradient steps at test time.")
-flags.DEFINE_integer("rollouts_per_task", 20, "Rollouts per task for each step.")
-flags.DEFINE_float("test_lr", None, "First test step size (default: the MAML run's inner lr); later steps use half.")
+flags.DEFINE_integer("rollouts_per_task", None, "Rollouts per task for each step (default: the authors' test "
+                     "protocol, 4000 environment steps: 40 for navigation, 20 for locomotion).")
+flags.DEFINE_float("test_lr", None, "First test step size for every method (default: per method, TEST_PROTOCOL); "
+                   "later steps use the protocol's fraction of it.")
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
 flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.mark_flag_as_required("task")
 flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= set(ALL_METHODS),
                          "--methods takes a comma-separated subset of maml,pretrained,random,oracle.")
-for _name in ("num_tasks", "rollouts_per_task"):
-    flags.register_validator(_name, lambda v: v > 0, f"--{_name} must be positive.")
+flags.register_validator("num_tasks", lambda v: v > 0, "--num_tasks must be positive.")
+flags.register_validator("rollouts_per_task", lambda v: v is None or v > 0, "--rollouts_per_task must be positive.")
 flags.register_validator("steps", lambda v: v >= 0, "--steps must be >= 0.")
 flags.register_validator("test_lr", lambda v: v is None or v > 0, "--test_lr must be positive.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TestProtocol:
+    """The authors' test settings for one task (their maml_examples/test_maml_*.py)."""
+
+    rollouts: int               # per task and step (their VPG batch_size / horizon)
+    first_lr: dict              # method -> first step size (MAML: None = its meta-training inner lr)
+    later_factor: float = 0.5   # later steps use first_lr * later_factor
+
+
+TEST_PROTOCOL = {
+    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5}),
+    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1}),
+    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
+    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
+    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01),
+}
+
+
+def step_sizes(task: str, method: str, maml_inner_lr: float, steps: int) -> list:
+    """The step sizes of ``method``'s ``steps`` test steps (empty for the oracle, which is not fine-tuned)."""
+    protocol = TEST_PROTOCOL[task]
+    if method == "oracle" or steps == 0:
+        return []
+    first = FLAGS.test_lr or protocol.first_lr.get(method) or maml_inner_lr
+    return [first] + [first * protocol.later_factor] * (steps - 1)
 
 
 def run_settings(logdir: str, method: str) -> dict:
@@ -130,9 +165,10 @@ def main(argv):
     task, preset = FLAGS.task, PRESETS[FLAGS.task]
     logdir = FLAGS.logdir or os.path.join("results", "rl", task)
     maml_run = run_settings(logdir, "maml")
-    lr = FLAGS.test_lr or maml_run.get("inner_lr", preset.inner_lr)
+    maml_lr = maml_run.get("inner_lr", preset.inner_lr)
     horizon = maml_run.get("horizon", preset.horizon)
-    lrs = [lr, lr / 2]
+    rollouts = FLAGS.rollouts_per_task or TEST_PROTOCOL[task].rollouts
+    lrs = {m: step_sizes(task, m, maml_lr, FLAGS.steps) for m in FLAGS.methods}
     t0 = time.time()
     results, training, skipped = {}, {}, []
     tasks = None
@@ -155,7 +191,7 @@ def main(argv):
                     continue
             steps = 0 if method == "oracle" else FLAGS.steps
             t = time.time()
-            per_task = maml_trpo.adaptation_returns(model, sampler, tasks, steps, lrs, FLAGS.rollouts_per_task,
+            per_task = maml_trpo.adaptation_returns(model, sampler, tasks, steps, lrs[method] or [0.0], rollouts,
                                                     seed=FLAGS.seed)
         results[method] = summarize(per_task)
         shown = "  ".join(f"{v:8.2f} ± {e:.2f}" for v, e in zip(results[method]["returns"], results[method]["stderr"]))
@@ -168,8 +204,8 @@ def main(argv):
         raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
     metrics = {
         "config": {"task": task, "env_id": preset.env_id, "oracle_env_id": preset.oracle_env_id,
-                   "num_tasks": FLAGS.num_tasks, "steps": FLAGS.steps, "rollouts_per_task": FLAGS.rollouts_per_task,
-                   "horizon": horizon, "test_lrs": [lrs[0]] + [lrs[1]] * max(FLAGS.steps - 1, 0),
+                   "num_tasks": FLAGS.num_tasks, "steps": FLAGS.steps, "rollouts_per_task": rollouts,
+                   "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
                    "checkpoint": FLAGS.checkpoint, "methods": FLAGS.methods,
                    "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
                                 if k in maml_run}},
@@ -181,9 +217,10 @@ def main(argv):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "tensorflow": tf.__version__, "keras": keras.__version__},
         "command": " ".join(["python", "rl/evaluate.py"] + sys.argv[1:]),
-        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {FLAGS.rollouts_per_task} rollouts per task "
-                     f"per step; return = mean undiscounted return of a task's rollouts, averaged over tasks; "
-                     f"stderr = std over tasks / sqrt(num_tasks); step sizes {lrs[0]} then {lrs[1]}"),
+        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {rollouts} rollouts per task per step; "
+                     f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "
+                     f"stderr = std over tasks / sqrt(num_tasks); step sizes per method in config.test_lrs "
+                     f"(the authors' test scripts unless overridden)"),
         "results": results,
         "skipped": skipped,
         "paper": paper.RL[task],

@@ -1,0 +1,63 @@
+"""The RL entry points end to end on 2D navigation (tiny settings): train, resume, evaluate, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+TINY = ["--meta_batch_size=2", "--rollouts_per_task=2", "--num_workers=0"]
+
+
+def run(script, *args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]
+
+
+def test_train_resume_and_evaluate_navigation(tmp_path):
+    first = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={tmp_path / 'maml'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run("rl/train_navigation.py", *TINY, "--iterations=3", f"--logdir={tmp_path / 'maml'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at iteration 2" in resumed.stdout and "3/3" in resumed.stdout
+    assert json.loads((tmp_path / "maml" / "training.json").read_text())["iterations"] == 3
+
+    ev = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml,random",
+             "--num_tasks=3", "--rollouts_per_task=2", "--num_workers=0")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"config", "seed", "iterations", "wall_time_s", "results", "paper"} <= set(m)
+    assert m["iterations"] == 3
+    for method in ("maml", "random"):
+        r = m["results"][method]
+        assert r["num_tasks"] == 3 and len(r["returns"]) == 4 and len(r["stderr"]) == 4
+        assert all(-1500.0 < x < 0 for x in r["returns"])  # 100 rewards of minus a distance below 0.71 + 14.2
+    # the authors' test protocol: MAML steps with its training inner lr (0.5), then half of it
+    assert m["config"]["test_lrs"] == {"maml": [0.5, 0.25, 0.25], "random": [0.5, 0.25, 0.25]}
+    assert (tmp_path / "figure_returns.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("rl/train_navigation.py", ["--meta_batch_size=0"], "--meta_batch_size must be positive"),
+    ("rl/train_navigation.py", ["--inner_lr=-1"], "--inner_lr must be positive"),
+    ("rl/evaluate.py", ["--task=walker"], "--task"),
+    ("rl/evaluate.py", ["--task=navigation", "--methods=maml,foo"], "--methods takes"),
+])
+def test_bad_flags_exit_with_one_sentence(script, args, message):
+    r = run(script, *args)
+    assert r.returncode != 0
+    assert message in r.stderr
+
+
+def test_evaluating_a_missing_run_is_one_sentence(tmp_path):
+    r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml", "--num_workers=0")
+    assert r.returncode == 1
+    assert last_line(r.stderr).startswith("error: No maml checkpoint in")
