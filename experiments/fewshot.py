@@ -327,6 +327,21 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     return metrics
 
 
+def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
+    """What both entry points do first: TensorFlow threads from the flags, and the run's settings
+    (in ``--eval_only``, those stored in ``--logdir``)."""
+    if flag_values.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(flag_values.intra_op_threads)
+    if flag_values.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(flag_values.inter_op_threads)
+    stored = None
+    if flag_values.eval_only:
+        if not flag_values.logdir:
+            raise ValueError("--eval_only needs --logdir, the folder of a trained run.")
+        stored = read_config(flag_values.logdir)
+    return config_from_flags(stored)
+
+
 def read_config(logdir: str) -> dict:
     """The settings a log directory was trained with (for ``--eval_only``)."""
     path = os.path.join(logdir, "config.json")

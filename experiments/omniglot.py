@@ -23,7 +23,6 @@ for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character li
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -34,18 +33,9 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# TensorFlow (and maml_tf, which imports it) is imported in main, once the flags are valid, so that a
-# bad flag fails at once; hence the lazy wrapper around maml_tf.cli.one_sentence_errors.
-LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
+from maml_tf.cli import one_sentence_errors  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
 
-
-def one_sentence_errors(main):
-    @functools.wraps(main)
-    def wrapped(argv):
-        from maml_tf.cli import one_sentence_errors as wrap
-        return wrap(main)(argv)
-    return wrapped
-
+LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS, without importing TensorFlow here
 
 DRAWINGS = 20  # drawings per Omniglot character
 PRESETS = {  # paper appendix A.1, by number of ways
@@ -179,19 +169,9 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     import fewshot
-    import tensorflow as tf
 
     from maml_tf import models, paper
-    if FLAGS.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
-    if FLAGS.inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
-    stored = None
-    if FLAGS.eval_only:
-        if not FLAGS.logdir:
-            raise ValueError("--eval_only needs --logdir, the folder of a trained run.")
-        stored = fewshot.read_config(FLAGS.logdir)
-    cfg = config_from_flags(stored)
+    cfg = fewshot.prepare(FLAGS, config_from_flags)
     logdir = FLAGS.logdir or default_logdir(cfg)
     if cfg.num_ways not in PRESETS:
         print(f"note: the paper has no {cfg.num_ways}-way setting; unset flags take the "
