@@ -27,11 +27,13 @@ task loss not built by :func:`supervised_loss`) runs on the model-agnostic ``vec
 ``tests/test_batched.py`` checks that both give the same loss and meta-gradient.
 
 The computation follows the Keras layers op for op, so values *and* second-order gradients agree
-with the reference layouts. This matters for batch norm: Keras computes the statistics with
-``tf.nn.moments``, whose variance holds a ``stop_gradient`` on the mean. First derivatives are
-unaffected, but second derivatives taken through it are not those of the function, so details that
-are exact no-ops in value (a convolution bias feeding batch norm: ``BN(x + b) == BN(x)``) still change
-the second-order meta-gradient; the batched layout keeps every such detail.
+with the reference layouts. This matters for batch norm: Keras's ``BatchNormalization`` computes the
+statistics with ``tf.nn.moments``, whose variance holds a ``stop_gradient`` on the mean. First
+derivatives are unaffected, but second derivatives taken through it are not those of the function
+(so the second-order meta-gradient is approximate, and details that are exact no-ops in value, like a
+convolution bias feeding batch norm, still change it). The paper's networks use
+:class:`maml_tf.models.ExactBatchNormalization`, whose statistics are exact; the batched layout computes
+each layer's statistics the way the layer does.
 
 Speed (``benchmarks/meta_step.py``, results in ``results/benchmarks/meta_step.jsonl``; 2-core CPU,
 Omniglot conv net, second order): 5-way 1-shot (32 tasks, 1 inner step) takes 105 ms per iteration
@@ -58,8 +60,9 @@ from typing import Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
-from maml_tf.functional import Weights, call
+from maml_tf.functional import Weights, call, warn_if_inexact_batch_norm
 from maml_tf.maml import LearningRate, TaskLoss, step_size
+from maml_tf.models import ExactBatchNormalization
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ def _parse(model: keras.Model) -> List[_Op]:
             if cfg["use_bias"]:
                 weights["bias"] = layer.bias.path
             ops.append(_Op("dense", layer.name, {"activation": _activation(layer, layer.activation)}, weights))
-        elif type(layer) is L.BatchNormalization:
+        elif type(layer) in (L.BatchNormalization, ExactBatchNormalization):
             axis = cfg["axis"] if isinstance(cfg["axis"], int) else (cfg["axis"][0] if len(cfg["axis"]) == 1 else None)
             if axis not in (-1, len(layer.input.shape) - 1) or cfg["renorm"] or cfg["synchronized"]:
                 raise Unsupported(f"{layer.name}: only batch norm over the last axis, without renorm")
@@ -147,7 +150,8 @@ def _parse(model: keras.Model) -> List[_Op]:
                 weights["gamma"] = layer.gamma.path
             if cfg["center"]:
                 weights["beta"] = layer.beta.path
-            ops.append(_Op("bn", layer.name, {"epsilon": float(cfg["epsilon"])}, weights,
+            ops.append(_Op("bn", layer.name, {"epsilon": float(cfg["epsilon"]),
+                                              "exact": type(layer) is ExactBatchNormalization}, weights,
                            {"moving_mean": layer.moving_mean, "moving_variance": layer.moving_variance}))
         elif type(layer) is L.ReLU:
             if cfg["max_value"] is not None or cfg["negative_slope"] or cfg["threshold"]:
@@ -319,12 +323,12 @@ class BatchedNet:
         if layout == "input":
             raise ValueError(f"{op.name}: batch norm directly on the inputs is not supported")
         if self.training:
-            if layout == "image":
+            if layout == "image":  # [N, H, W, T*C]: statistics per task and channel
                 src = h if stats_examples is None else h[:stats_examples]
-                mean, var = tf.nn.moments(src, [0, 1, 2])
-            else:
+                mean, var = _moments(src, [0, 1, 2], op.config["exact"])
+            else:  # [T, N, D]
                 src = h if stats_examples is None else h[:, :stats_examples]
-                mean, var = tf.nn.moments(src, [1], keepdims=True)
+                mean, var = _moments(src, [1], op.config["exact"], keepdims=True)
         else:  # the model's moving averages, shared by all tasks
             mean = tf.convert_to_tensor(op.state["moving_mean"])
             var = tf.convert_to_tensor(op.state["moving_variance"])
@@ -335,6 +339,18 @@ class BatchedNet:
         return tf.nn.batch_normalization(h, mean, var, beta, gamma, eps)
 
     __call__ = forward
+
+
+def _moments(x, axes, exact: bool, keepdims: bool = False):
+    """Batch mean and variance as the layer computes them: exactly (:class:`ExactBatchNormalization`)
+    or as ``tf.nn.moments`` (Keras's layer), whose variance stops the gradient through the mean."""
+    if not exact:
+        return tf.nn.moments(x, axes, keepdims=keepdims)
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+    if not keepdims:
+        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    return mean, variance
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,6 +375,7 @@ class SupervisedTaskLoss:
         self.loss = loss
         self.training = training
         self.transductive = transductive
+        warn_if_inexact_batch_norm(model)
         try:
             self.net: Optional[BatchedNet] = BatchedNet(model, training=training)
             self.unsupported_reason: Optional[str] = None

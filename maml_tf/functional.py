@@ -14,6 +14,7 @@ the statistics of the current batch (see ``call(..., training=True)``).
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Callable, Dict
 
 import keras
@@ -62,10 +63,30 @@ def _accepts_training(model: keras.Model) -> bool:
     return any(p.name == "training" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def warn_if_inexact_batch_norm(model: keras.Model) -> None:
+    """Warn (once per model) when ``model`` holds ``keras.layers.BatchNormalization``: its variance
+    stops the gradient through the batch mean, so second-order meta-gradients through it are not
+    exact; :class:`maml_tf.models.ExactBatchNormalization` is the drop-in replacement."""
+    if getattr(model, "_maml_tf_bn_checked", False):
+        return
+    names = [layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
+             if type(layer) is keras.layers.BatchNormalization]
+    if names:
+        warnings.warn(
+            f"{model.name} uses keras.layers.BatchNormalization ({', '.join(names)}), whose variance stops the "
+            f"gradient through the batch mean: second-order meta-gradients through it are approximate. "
+            f"maml_tf.models.ExactBatchNormalization is a drop-in replacement with exact ones.", stacklevel=3)
+    try:
+        model._maml_tf_bn_checked = True
+    except AttributeError:
+        pass
+
+
 def make_forward(model: keras.Model, training: bool = True) -> Callable[[Weights, tf.Tensor], tf.Tensor]:
     """``forward(weights, inputs) -> outputs`` bound to ``model``: the usual argument of the loss
     builders in :mod:`maml_tf.maml`."""
     weight_names(model)  # fail early on unusable models
+    warn_if_inexact_batch_norm(model)
 
     def forward(weights: Weights, inputs):
         return call(model, weights, inputs, training=training)

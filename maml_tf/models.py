@@ -6,7 +6,8 @@
   feature map averaged. MiniImagenet: 32 filters, stride 1 followed by 2x2 max-pool, flattened.
   Batch norm has a learned offset and no learned scale (``scale=False``, as tf.contrib's default in
   the authors' code) and, used through :func:`maml_tf.functional.call` with ``training=True``,
-  normalises with the statistics of the current batch (transductive, as the paper).
+  normalises with the statistics of the current batch (transductive, as the paper). It is
+  :class:`ExactBatchNormalization`, so that second-order meta-gradients through it are exact.
 - The "no conv" MLP of Table 1: 256-128-64-64, each hidden layer with batch norm and ReLU.
 """
 
@@ -15,7 +16,32 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
+import tensorflow as tf
 from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class ExactBatchNormalization(layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` whose batch statistics have exact higher derivatives.
+
+    Keras computes the batch variance with ``tf.nn.moments``, which stops the gradient through the
+    mean inside the variance. That leaves values and first derivatives unchanged (the derivative of
+    the variance with respect to the mean is zero at the mean) but not second derivatives, so the
+    second-order MAML meta-gradient of a network with Keras batch norm is not the gradient of the
+    meta-objective (against central finite differences it is off by 2% after one inner step and 14%
+    after two on a small network; ``tests/test_maml_core.py``). This layer computes
+    ``mean(x)`` and ``mean((x - mean(x))^2)`` without the stop: same values, same weights and
+    checkpoints, exact meta-gradients. Use it in place of Keras's layer in models meta-trained with
+    second-order MAML.
+    """
+
+    def _moments(self, inputs, mask):
+        if mask is not None:  # Keras's masked moments have no stop-gradient
+            return super()._moments(inputs, mask)
+        axes = list(self._reduction_axes)
+        mean = tf.reduce_mean(inputs, axes, keepdims=True)
+        variance = tf.reduce_mean(tf.square(inputs - mean), axes, keepdims=True)
+        return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
 
 
 def mlp_regressor(input_dim: int = 1, hidden: Sequence[int] = (40, 40), output_dim: int = 1,
@@ -40,7 +66,7 @@ def conv_classifier(num_classes: int, image_shape=(28, 28, 1), filters: int = 64
     for i in range(blocks):
         stride = 2 if downsample == "stride" else 1
         h = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"conv{i}")(h)
-        h = layers.BatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
+        h = ExactBatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
         h = layers.ReLU(name=f"relu{i}")(h)
         if downsample == "maxpool":
             h = layers.MaxPooling2D(2, name=f"pool{i}")(h)
@@ -67,7 +93,7 @@ def mlp_classifier(num_classes: int, image_shape=(28, 28, 1), hidden: Sequence[i
     h = layers.Flatten(name="flatten")(inputs)
     for i, units in enumerate(hidden):
         h = layers.Dense(units, name=f"fc{i}")(h)
-        h = layers.BatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
+        h = ExactBatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
         h = layers.ReLU(name=f"relu{i}")(h)
     outputs = layers.Dense(num_classes, name="logits")(h)
     return keras.Model(inputs, outputs, name=name)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import functional, maml
+from maml_tf import functional, maml, models
 from maml_tf.evaluation import metric_curve, summarize
 
 
@@ -43,20 +43,29 @@ def unflat(vec, like, names):
     return out
 
 
-@pytest.mark.parametrize("steps", [1, 2])
-def test_second_order_meta_gradient_matches_finite_differences(steps):
-    model = tiny_net()
+def bn_net(bn_layer, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((2,), dtype="float64"),
+        keras.layers.Dense(6, dtype="float64", name="h"),
+        bn_layer(scale=False, epsilon=1e-3, dtype="float64", name="bn"),
+        keras.layers.Activation("tanh", dtype="float64"),
+        keras.layers.Dense(1, dtype="float64", name="o"),
+    ])
+
+
+def meta_gradient_and_finite_differences(model, steps, lr=0.3, eps=1e-5):
     names = functional.weight_names(model)
     w0 = functional.get_weights(model)
     support, query = task_batch(np.random.default_rng(1))
     task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
-    lr = 0.3
 
     _, grad = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=False, layout="loop")
     analytic = flat({k: g.numpy() for k, g in grad.items()}, names)
+    _, fo = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=True, layout="loop")
+    first_order = flat({k: g.numpy() for k, g in fo.items()}, names)
 
     theta = flat({k: v.numpy() for k, v in w0.items()}, names)
-    eps = 1e-5
     numeric = np.zeros_like(theta)
     for i in range(theta.size):
         e = np.zeros_like(theta)
@@ -64,10 +73,29 @@ def test_second_order_meta_gradient_matches_finite_differences(steps):
         lp = maml.meta_objective(task_loss, unflat(theta + e, w0, names), support, query, steps, lr, layout="loop")
         lm = maml.meta_objective(task_loss, unflat(theta - e, w0, names), support, query, steps, lr, layout="loop")
         numeric[i] = (float(lp) - float(lm)) / (2 * eps)
+    return analytic, first_order, numeric
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("net", ["tanh_mlp", "exact_batch_norm"])
+def test_second_order_meta_gradient_matches_finite_differences(steps, net):
+    model = tiny_net() if net == "tanh_mlp" else bn_net(models.ExactBatchNormalization)
+    analytic, first_order, numeric = meta_gradient_and_finite_differences(model, steps)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
     # The first-order gradient is a different quantity on this non-quadratic problem.
-    _, fo = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=True, layout="loop")
-    assert np.max(np.abs(flat({k: g.numpy() for k, g in fo.items()}, names) - numeric)) > 1e-4
+    assert np.max(np.abs(first_order - numeric)) > 1e-4
+
+
+def test_keras_batch_norm_second_order_is_approximate_and_warned():
+    """Why ExactBatchNormalization exists: Keras's layer stops the gradient through the mean inside its
+    variance, which changes second derivatives (values and first derivatives are the same)."""
+    with pytest.warns(UserWarning, match="ExactBatchNormalization is a drop-in replacement"):
+        analytic, _, numeric = meta_gradient_and_finite_differences(bn_net(keras.layers.BatchNormalization), 2)
+    assert np.max(np.abs(analytic - numeric)) > 1e-2 * np.max(np.abs(numeric))
+    exact, keras_bn = bn_net(models.ExactBatchNormalization), bn_net(keras.layers.BatchNormalization)
+    x = tf.constant(np.random.default_rng(2).normal(size=(7, 2)))
+    np.testing.assert_allclose(functional.call(exact, functional.get_weights(exact), x),
+                               functional.call(keras_bn, functional.get_weights(keras_bn), x), rtol=1e-12)
 
 
 def linear_model(d):
