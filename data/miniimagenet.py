@@ -32,7 +32,6 @@ import csv
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +39,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data import cache
 from data.episodes import ImageClasses, default_cache_dir, default_data_dir
 
 __all__ = ["MINIIMAGENET_HOWTO", "SPLITS", "load_miniimagenet", "load_miniimagenet_splits",
@@ -180,7 +180,8 @@ def load_miniimagenet(
     if use_cache:
         fingerprint = _fingerprint(csv_path, paths, image_size)
         cache_path = cache_dir / f"miniimagenet_{split}_{image_size}x{image_size}_{fingerprint[:16]}.npz"
-        flat = _read_cache(cache_path, fingerprint)
+        cached = cache.read(cache_path, fingerprint, _CACHE_VERSION, "mini-ImageNet")
+        flat = None if cached is None else cached["images"]
     if flat is None:
         start = time.perf_counter()
         flat = np.empty((int(counts.sum()), image_size, image_size, 3), dtype=np.uint8)
@@ -189,7 +190,8 @@ def load_miniimagenet(
         log.info("mini-ImageNet %s: %d images decoded in %.1f s", split, len(flat),
                  time.perf_counter() - start)
         if use_cache:
-            _write_cache(cache_path, flat, counts, labels, fingerprint)
+            cache.write(cache_path, {"images": flat, "counts": counts, "labels": np.array(labels)}, fingerprint,
+                        _CACHE_VERSION, "mini-ImageNet")
 
     if len(set(counts.tolist())) == 1:
         images = flat.reshape((len(counts), int(counts[0])) + flat.shape[1:])
@@ -205,34 +207,3 @@ def load_miniimagenet_splits(data_dir: str | os.PathLike | None = None,
     return {split: load_miniimagenet(data_dir, split, **kwargs) for split in splits}
 
 
-def _read_cache(path: Path, fingerprint: str):
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            if int(cache["version"]) != _CACHE_VERSION or str(cache["fingerprint"]) != fingerprint:
-                return None
-            return cache["images"]
-    except Exception as err:  # truncated or foreign file: rebuild
-        log.warning("ignoring unreadable mini-ImageNet cache %s (%s)", path, err)
-        return None
-
-
-def _write_cache(path: Path, flat, counts, labels, fingerprint) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".miniimagenet_", suffix=".npz.part")
-    except OSError as err:
-        log.warning("could not write mini-ImageNet cache in %s (%s)", path.parent, err)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=flat, counts=counts, labels=np.array(labels),
-                     fingerprint=np.array(fingerprint), version=np.array(_CACHE_VERSION))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # atomic: concurrent readers never see half a file
-    except OSError as err:
-        log.warning("could not write mini-ImageNet cache %s (%s)", path, err)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

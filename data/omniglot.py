@@ -63,6 +63,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data import cache
 from data.episodes import ImageClasses, default_cache_dir, default_data_dir
 
 __all__ = [
@@ -333,9 +334,10 @@ def load_omniglot(
 
     if use_cache:
         for candidate in (data_dir / cache_name, cache_dir / cache_name):
-            cached = _read_cache(candidate, fingerprint)
+            cached = cache.read(candidate, fingerprint, _CACHE_VERSION, "Omniglot")
             if cached is not None:
-                return OmniglotData(images=cached[0], character_names=cached[1], cache_path=candidate)
+                return OmniglotData(images=cached["images"], character_names=tuple(str(n) for n in cached["names"]),
+                                    cache_path=candidate)
 
     start = time.perf_counter()
     images, names = _build(sources, image_size, resize)
@@ -347,36 +349,13 @@ def load_omniglot(
     return OmniglotData(images=images, character_names=names, cache_path=cache_path)
 
 
-def _read_cache(path: Path, fingerprint: str):
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            if int(cache["version"]) != _CACHE_VERSION or str(cache["fingerprint"]) != fingerprint:
-                return None
-            return cache["images"], tuple(str(n) for n in cache["names"])
-    except Exception as err:  # a truncated or foreign file: rebuild it
-        log.warning("ignoring unreadable Omniglot cache %s (%s)", path, err)
-        return None
-
-
 def _write_cache(images, names, fingerprint, cache_name, folders: Sequence[Path]) -> Path | None:
+    """Cache in the first writable folder (the data folder, else the cache folder); its path or None."""
     for i, folder in enumerate(folders):
-        if not _is_writable_dir(folder, create=i > 0):
-            continue
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".omniglot_", suffix=".npz.part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, names=np.array(names), fingerprint=np.array(fingerprint),
-                         version=np.array(_CACHE_VERSION))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, folder / cache_name)  # atomic: concurrent readers never see half a file
+        if _is_writable_dir(folder, create=i > 0) and cache.write(
+                folder / cache_name, {"images": images, "names": np.array(names)}, fingerprint, _CACHE_VERSION,
+                "Omniglot"):
             return folder / cache_name
-        except OSError as err:
-            log.warning("could not write Omniglot cache in %s (%s)", folder, err)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return None
 
 
