@@ -32,57 +32,29 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import fewshot_flags  # noqa: E402
 from maml_tf.cli import one_sentence_errors  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
-
-LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS, without importing TensorFlow here
 
 PRESET = dict(num_inner_steps=5, inner_lr=0.01, num_eval_steps=10, num_query=15)
 META_BATCH = {1: 4, 5: 2}  # paper: 4 for 1-shot, 2 for 5-shot
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_ways", 5, "N: classes per task.")
-flags.DEFINE_integer("num_shots", 1, "K: support images per class.")
-flags.DEFINE_integer("num_query", None, "Query images per class during meta-training (default 15, as the paper).")
-flags.DEFINE_integer("eval_num_query", None, "Query images per class in validation and test tasks (default K, "
-                     "as the authors' evaluation).")
-flags.DEFINE_integer("meta_batch_size", None, "Tasks per meta-iteration (default: paper, 4 for 1-shot, 2 for 5-shot).")
-flags.DEFINE_float("inner_lr", None, "Inner learning rate (default: paper, 0.01).")
-flags.DEFINE_integer("num_inner_steps", None, "Inner steps in meta-training (default: paper, 5).")
-flags.DEFINE_integer("num_eval_steps", None, "Inner steps at test time (default: paper, 10).")
-flags.DEFINE_integer("iterations", 60000, "Meta-training iterations.")
-flags.DEFINE_float("meta_lr", 0.001, "Adam learning rate of the meta-optimizer.")
-flags.DEFINE_bool("first_order", False, "First-order MAML (paper: 48.07% / 63.15%).")
+fewshot_flags.define_task_flags({
+    "num_query": "Query images per class during meta-training (default 15, as the paper).",
+    "eval_num_query": "Query images per class in validation and test tasks (default K, as the authors' evaluation).",
+    "meta_batch_size": "Tasks per meta-iteration (default: paper, 4 for 1-shot, 2 for 5-shot).",
+    "inner_lr": "Inner learning rate (default: paper, 0.01).",
+    "num_inner_steps": "Inner steps in meta-training (default: paper, 5).",
+    "num_eval_steps": "Inner steps at test time (default: paper, 10).",
+    "first_order": "First-order MAML (paper: 48.07% / 63.15%).",
+})
 flags.DEFINE_string("data_dir", None, "Folder with images/ and train/val/test.csv (default $MAML_TF_DATA_DIR/"
                     "miniimagenet, else ../shared/data/miniimagenet).")
 flags.DEFINE_bool("fixture", False, "Write a small synthetic mini-ImageNet (data/fixtures.py) into "
                   "<logdir>/fixture_data and use it as --data_dir: an end-to-end run without the real data.")
 flags.DEFINE_string("logdir", None, "Checkpoints, history, metrics.json, figure "
                     "(default results/miniimagenet[_first_order]/<W>way<K>shot).")
-flags.DEFINE_bool("eval_only", False, "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
-flags.DEFINE_bool("transductive_bn", True,
-                  "Batch norm with the query batch's statistics (paper); False: the support set's.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
-flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
-flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
-flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")
-flags.DEFINE_integer("validate_every", 1000, "Iterations between validations (0: none; the last checkpoint is tested).")
-flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
-flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
-flags.DEFINE_integer("eval_batch_size", 10, "Tasks evaluated at once.")
-flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest).")
-flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
-flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
-flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
-
-for _name in ("num_ways", "num_shots", "eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size"):
-    flags.register_validator(_name, lambda v: v is not None and v > 0, f"--{_name} must be a positive integer.")
-for _name in ("num_query", "eval_num_query", "meta_batch_size", "num_inner_steps"):
-    flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be a positive integer.")
-for _name in ("iterations", "validate_every", "intra_op_threads", "inter_op_threads"):
-    flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0.")
-flags.register_validator("num_eval_steps", lambda v: v is None or v >= 0, "--num_eval_steps must be >= 0.")
-for _name in ("inner_lr", "meta_lr"):
-    flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be positive.")
+fewshot_flags.define_run_flags(eval_batch_size=10)
 flags.register_multi_flags_validator(
     ["fixture", "data_dir"], lambda f: not (f["fixture"] and f["data_dir"]),
     "--fixture writes its own data; drop --data_dir (or --fixture).")

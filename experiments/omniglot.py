@@ -33,9 +33,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import fewshot_flags  # noqa: E402
 from maml_tf.cli import one_sentence_errors  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
-
-LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS, without importing TensorFlow here
 
 DRAWINGS = 20  # drawings per Omniglot character
 PRESETS = {  # paper appendix A.1, by number of ways
@@ -44,18 +43,15 @@ PRESETS = {  # paper appendix A.1, by number of ways
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_ways", 5, "N: classes per task.")
-flags.DEFINE_integer("num_shots", 1, "K: support examples per class.")
-flags.DEFINE_integer("num_query", None, "Query examples per class during meta-training (default K, as the authors).")
-flags.DEFINE_integer("eval_num_query", None, "Query examples per class in validation and test tasks (default K).")
-flags.DEFINE_integer("meta_batch_size", None, "Tasks per meta-iteration (default: paper, 32 for 5-way, 16 for 20-way).")
-flags.DEFINE_float("inner_lr", None, "Inner learning rate (default: paper, 0.4 for 5-way, 0.1 for 20-way).")
-flags.DEFINE_integer("num_inner_steps", None,
-                     "Inner steps in meta-training (default: paper, 1 for 5-way, 5 for 20-way).")
-flags.DEFINE_integer("num_eval_steps", None, "Inner steps at test time (default: paper, 3 for 5-way, 5 for 20-way).")
-flags.DEFINE_integer("iterations", 60000, "Meta-training iterations.")
-flags.DEFINE_float("meta_lr", 0.001, "Adam learning rate of the meta-optimizer.")
-flags.DEFINE_bool("first_order", False, "First-order MAML (drop the second-order term).")
+fewshot_flags.define_task_flags({
+    "num_query": "Query examples per class during meta-training (default K, as the authors).",
+    "eval_num_query": "Query examples per class in validation and test tasks (default K).",
+    "meta_batch_size": "Tasks per meta-iteration (default: paper, 32 for 5-way, 16 for 20-way).",
+    "inner_lr": "Inner learning rate (default: paper, 0.4 for 5-way, 0.1 for 20-way).",
+    "num_inner_steps": "Inner steps in meta-training (default: paper, 1 for 5-way, 5 for 20-way).",
+    "num_eval_steps": "Inner steps at test time (default: paper, 3 for 5-way, 5 for 20-way).",
+    "first_order": "First-order MAML (drop the second-order term).",
+})
 flags.DEFINE_enum("model", "conv", ["conv", "mlp"], "conv: 4 conv blocks (Table 1 MAML); mlp: 256-128-64-64 (no conv).")
 flags.DEFINE_string("data_dir", None, "Folder with images_background.zip and images_evaluation.zip "
                     "(default $MAML_TF_DATA_DIR/omniglot, else ../shared/data/omniglot).")
@@ -64,32 +60,9 @@ flags.DEFINE_integer("num_train_characters", 1200, "Meta-training characters, va
 flags.DEFINE_integer("num_val_characters", 100, "Of those, held out for validation (authors' code: 100).")
 flags.DEFINE_string("logdir", None,
                     "Checkpoints, history, metrics.json, figure (default results/omniglot[_mlp]/<W>way<K>shot).")
-flags.DEFINE_bool("eval_only", False, "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
-flags.DEFINE_bool("transductive_bn", True,
-                  "Batch norm with the query batch's statistics (paper); False: the support set's.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
-flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
-flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
-flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")
-flags.DEFINE_integer("validate_every", 1000, "Iterations between validations (0: none; the last checkpoint is tested).")
-flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
-flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
-flags.DEFINE_integer("eval_batch_size", 100, "Tasks evaluated at once.")
-flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest).")
-flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for this network on CPU).")
-flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
-flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
-
-for _name in ("num_ways", "num_shots", "eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size",
-              "num_train_characters"):
-    flags.register_validator(_name, lambda v: v is not None and v > 0, f"--{_name} must be a positive integer.")
-for _name in ("num_query", "eval_num_query", "meta_batch_size", "num_inner_steps"):
-    flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be a positive integer.")
-for _name in ("iterations", "validate_every", "num_val_characters", "intra_op_threads", "inter_op_threads"):
-    flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0.")
-flags.register_validator("num_eval_steps", lambda v: v is None or v >= 0, "--num_eval_steps must be >= 0.")
-for _name in ("inner_lr", "meta_lr"):
-    flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be positive.")
+fewshot_flags.define_run_flags(eval_batch_size=100)
+flags.register_validator("num_train_characters", lambda v: v > 0, "--num_train_characters must be a positive integer.")
+flags.register_validator("num_val_characters", lambda v: v >= 0, "--num_val_characters must be >= 0.")
 flags.register_multi_flags_validator(
     ["num_shots", "num_query", "eval_num_query"],
     lambda f: all(f["num_shots"] + (q if q is not None else f["num_shots"]) <= DRAWINGS

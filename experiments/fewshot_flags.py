@@ -1,0 +1,61 @@
+"""Flags shared by the few-shot entry points (omniglot.py, miniimagenet.py).
+
+``define_task_flags`` defines the task and meta-training settings (their defaults are the paper's
+presets, filled in by each entry point, so the help texts come from there), ``define_run_flags`` the
+run control, evaluation and compute settings; both add their validators. Importing this module does not
+import TensorFlow, so a bad flag fails at once.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
+
+
+def define_task_flags(help: dict) -> None:
+    """``help``: name -> help text for num_query, eval_num_query, meta_batch_size, inner_lr,
+    num_inner_steps, num_eval_steps, first_order (the entry point's presets)."""
+    flags.DEFINE_integer("num_ways", 5, "N: classes per task.")
+    flags.DEFINE_integer("num_shots", 1, "K: support examples per class.")
+    flags.DEFINE_integer("num_query", None, help["num_query"])
+    flags.DEFINE_integer("eval_num_query", None, help["eval_num_query"])
+    flags.DEFINE_integer("meta_batch_size", None, help["meta_batch_size"])
+    flags.DEFINE_float("inner_lr", None, help["inner_lr"])
+    flags.DEFINE_integer("num_inner_steps", None, help["num_inner_steps"])
+    flags.DEFINE_integer("num_eval_steps", None, help["num_eval_steps"])
+    flags.DEFINE_integer("iterations", 60000, "Meta-training iterations.")
+    flags.DEFINE_float("meta_lr", 0.001, "Adam learning rate of the meta-optimizer.")
+    flags.DEFINE_bool("first_order", False, help["first_order"])
+    for name in ("num_ways", "num_shots"):
+        flags.register_validator(name, lambda v: v is not None and v > 0, f"--{name} must be a positive integer.")
+    for name in ("num_query", "eval_num_query", "meta_batch_size", "num_inner_steps"):
+        flags.register_validator(name, lambda v: v is None or v > 0, f"--{name} must be a positive integer.")
+    flags.register_validator("iterations", lambda v: v >= 0, "--iterations must be >= 0.")
+    flags.register_validator("num_eval_steps", lambda v: v is None or v >= 0, "--num_eval_steps must be >= 0.")
+    for name in ("inner_lr", "meta_lr"):
+        flags.register_validator(name, lambda v: v is None or v > 0, f"--{name} must be positive.")
+
+
+def define_run_flags(eval_batch_size: int) -> None:
+    flags.DEFINE_bool("eval_only", False,
+                      "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
+    flags.DEFINE_bool("transductive_bn", True,
+                      "Batch norm with the query batch's statistics (paper); False: the support set's.")
+    flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
+    flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
+    flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
+    flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")
+    flags.DEFINE_integer("validate_every", 1000,
+                         "Iterations between validations (0: none; the last checkpoint is tested).")
+    flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
+    flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
+    flags.DEFINE_integer("eval_batch_size", eval_batch_size, "Tasks evaluated at once.")
+    flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest).")
+    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for these networks on CPU).")
+    flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
+    flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
+    for name in ("eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size"):
+        flags.register_validator(name, lambda v: v is not None and v > 0, f"--{name} must be a positive integer.")
+    for name in ("validate_every", "intra_op_threads", "inter_op_threads"):
+        flags.register_validator(name, lambda v: v >= 0, f"--{name} must be >= 0.")
