@@ -327,6 +327,28 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     return metrics
 
 
+def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: str, defaults: dict) -> Config:
+    """The run's settings: each flag given on the command line, else (in ``--eval_only``) the value
+    stored with the run, else the flag's value, or ``defaults[name]`` (the paper's preset) when the
+    flag is unset. ``dataset`` and ``model`` are used for a new run (a stored run keeps its own)."""
+
+    def pick(name):
+        if flag_values[name].present or stored is None or name not in stored:
+            value = getattr(flag_values, name)
+            return defaults.get(name) if value is None else value
+        return stored[name]
+
+    run_only = {name: getattr(flag_values, name)  # settings of this invocation, never taken from the stored run
+                for name in ("eval_tasks", "eval_seed", "val_tasks", "eval_batch_size", "layout", "jit_compile")}
+    return Config(
+        dataset=stored["dataset"] if stored else dataset, model=stored.get("model", model) if stored else model,
+        **{name: pick(name) for name in (
+            "num_ways", "num_shots", "num_query", "eval_num_query", "meta_batch_size", "inner_lr",
+            "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn", "seed",
+            "validate_every", "checkpoint_every", "log_every")},
+        **run_only)
+
+
 def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
     """What both entry points do first: TensorFlow threads from the flags, and the run's settings
     (in ``--eval_only``, those stored in ``--logdir``)."""

@@ -63,28 +63,11 @@ flags.register_multi_flags_validator(
 def config_from_flags(stored: dict | None = None):
     """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
     import fewshot
-    def pick(name, default=None):
-        if FLAGS[name].present or stored is None or name not in stored:
-            value = getattr(FLAGS, name)
-            return default if value is None else value
-        return stored[name]
-
-    num_shots = pick("num_shots")
-    first_order = pick("first_order")
-    return fewshot.Config(
-        dataset=stored["dataset"] if stored else ("miniimagenet_first_order" if first_order else "miniimagenet"),
-        model="conv", num_ways=pick("num_ways"), num_shots=num_shots,
-        num_query=pick("num_query", PRESET["num_query"]), eval_num_query=pick("eval_num_query", num_shots),
-        meta_batch_size=pick("meta_batch_size", META_BATCH.get(num_shots, 2 if num_shots > 1 else 4)),
-        inner_lr=pick("inner_lr", PRESET["inner_lr"]),
-        num_inner_steps=pick("num_inner_steps", PRESET["num_inner_steps"]),
-        num_eval_steps=pick("num_eval_steps", PRESET["num_eval_steps"]),
-        iterations=pick("iterations"), meta_lr=pick("meta_lr"), first_order=first_order,
-        transductive_bn=FLAGS.transductive_bn if (FLAGS["transductive_bn"].present or not stored)
-        else stored["transductive_bn"],
-        seed=pick("seed"), eval_tasks=FLAGS.eval_tasks, eval_seed=FLAGS.eval_seed, val_tasks=FLAGS.val_tasks,
-        validate_every=pick("validate_every"), checkpoint_every=pick("checkpoint_every"), log_every=pick("log_every"),
-        eval_batch_size=FLAGS.eval_batch_size, layout=FLAGS.layout, jit_compile=FLAGS.jit_compile)
+    num_shots = FLAGS.num_shots if FLAGS["num_shots"].present or not stored else stored["num_shots"]
+    return fewshot.config_from_flags(
+        FLAGS, stored, "miniimagenet_first_order" if FLAGS.first_order else "miniimagenet", "conv",
+        {**PRESET, "meta_batch_size": META_BATCH.get(num_shots, 2 if num_shots > 1 else 4),
+         "eval_num_query": num_shots})
 
 
 def default_logdir(cfg) -> str:

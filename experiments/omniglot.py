@@ -77,31 +77,11 @@ flags.register_multi_flags_validator(
 def config_from_flags(stored: dict | None = None):
     """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
     import fewshot
-    def pick(name, default=None):
-        if FLAGS[name].present or stored is None or name not in stored:
-            value = getattr(FLAGS, name)
-            return default if value is None else value
-        return stored[name]
-
-    num_ways, num_shots = pick("num_ways"), pick("num_shots")
+    num_ways = FLAGS.num_ways if FLAGS["num_ways"].present or not stored else stored["num_ways"]
+    num_shots = FLAGS.num_shots if FLAGS["num_shots"].present or not stored else stored["num_shots"]
     preset = PRESETS.get(num_ways, PRESETS[5] if num_ways < 20 else PRESETS[20])
-    model = pick("model")
-    first_order = pick("first_order")
-    return fewshot.Config(
-        dataset=stored["dataset"] if stored else ("omniglot_mlp" if model == "mlp" else "omniglot"),
-        model=model, num_ways=num_ways, num_shots=num_shots,
-        num_query=pick("num_query", num_shots), eval_num_query=pick("eval_num_query", num_shots),
-        meta_batch_size=pick("meta_batch_size", preset["meta_batch_size"]),
-        inner_lr=pick("inner_lr", preset["inner_lr"]),
-        num_inner_steps=pick("num_inner_steps", preset["num_inner_steps"]),
-        num_eval_steps=pick("num_eval_steps", preset["num_eval_steps"]),
-        iterations=pick("iterations"), meta_lr=pick("meta_lr"), first_order=first_order,
-        transductive_bn=FLAGS.transductive_bn if (FLAGS["transductive_bn"].present or not stored)
-        else stored["transductive_bn"],
-        seed=pick("seed"), eval_tasks=FLAGS.eval_tasks, eval_seed=FLAGS.eval_seed, val_tasks=FLAGS.val_tasks,
-        validate_every=pick("validate_every"), checkpoint_every=pick("checkpoint_every"),
-        log_every=pick("log_every"), eval_batch_size=FLAGS.eval_batch_size, layout=FLAGS.layout,
-        jit_compile=FLAGS.jit_compile)
+    return fewshot.config_from_flags(FLAGS, stored, "omniglot_mlp" if FLAGS.model == "mlp" else "omniglot",
+                                     FLAGS.model, {**preset, "num_query": num_shots, "eval_num_query": num_shots})
 
 
 def default_logdir(cfg) -> str:
