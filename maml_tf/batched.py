@@ -36,10 +36,12 @@ convolution bias feeding batch norm, still change it). The paper's networks use
 each layer's statistics the way the layer does.
 
 Speed (``benchmarks/meta_step.py``, results in ``results/benchmarks/meta_step.jsonl``; 2-core CPU,
-Omniglot conv net, second order): 5-way 1-shot (32 tasks, 1 inner step) takes 105 ms per iteration
-against 154 ms for the plain loop (1.46x), compiles in 4 s instead of 45 s, and peaks at half the
-memory (0.91 vs 1.85 GB). Batching does not reduce the arithmetic (about 5.0 GMAC per such iteration:
-forward, inner gradient, query pass and the second-order backward pass), so 105 ms is 48 GMAC/s, while
+Omniglot conv net, second order): 5-way 1-shot (32 tasks, 1 inner step) takes 131 ms per iteration
+against 228 ms for the plain loop (1.74x; an earlier run with Keras's batch norm: 105 against 154 ms,
+1.46x), compiles in 5 s instead of 60 s, and peaks at half the memory (0.90 vs 1.87 GB). This machine's
+speed varies by tens of percent from run to run, hence ratios measured in the same run. Batching does
+not reduce the arithmetic (about 5.0 GMAC per such iteration: forward, inner gradient, query pass and
+the second-order backward pass), so 105 ms is 48 GMAC/s, while
 a large matrix product reaches about 220 GMAC/s on the same two cores. What is left is the efficiency
 of oneDNN's grouped convolutions and their gradients at these small per-task shapes (about 70% of the
 op time in a profile; batch norm's reductions and element-wise ops most of the rest). Formulations by
