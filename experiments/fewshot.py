@@ -218,6 +218,23 @@ def load_for_evaluation(model: keras.Model, logdir: str) -> dict:
 # Results
 
 
+MILESTONES = (90.0, 95.0, 98.0, 99.0)  # validation accuracies (%) whose first crossing is reported
+
+
+def validation_milestones(rows: list, milestones=MILESTONES) -> dict:
+    """The validation curve of a run (accuracy after the test-time steps, training wall time) and, for
+    each milestone, the first validation at or above it: ``{"curve": [...], "first_at_or_above":
+    {"98.0": {"iteration": ..., "wall_time_s": ...} or None}}``. Rows logged without a wall time
+    (runs from before it was recorded) give ``wall_time_s`` None."""
+    curve = [{"iteration": r["iteration"], "accuracy": r["val_accuracy"][-1], "wall_time_s": r.get("wall_time_s")}
+             for r in rows if "val_accuracy" in r]
+    first = {}
+    for m in milestones:
+        hit = next((c for c in curve if c["accuracy"] >= m), None)
+        first[str(m)] = None if hit is None else {"iteration": hit["iteration"], "wall_time_s": hit["wall_time_s"]}
+    return {"curve": curve, "first_at_or_above": first}
+
+
 def print_results(cfg: Config, test: dict, paper: Optional[dict], transductive: bool) -> None:
     steps = list(range(len(test["accuracy"])))
     print(f"\n{cfg.dataset} {cfg.setting}: test accuracy (%) after n inner steps, mean ± 95% CI over "
@@ -280,6 +297,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     test = evaluate(curve, samplers["test"], cfg.eval_tasks, cfg.eval_batch_size, cfg.eval_seed)
     validation = evaluate(curve, samplers["val"], cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
     validation["best_iteration"] = restored["iteration"]
+    validation.update(validation_milestones(History(os.path.join(logdir, "history.jsonl")).read()))
     print_results(cfg, test, paper, cfg.transductive_bn)
     trained_iterations = (train_result.iterations if train_result
                           else _checkpoint_iteration(os.path.join(logdir, "ckpt")))

@@ -65,6 +65,14 @@ def test_train_resume_evaluate(data_dir, tmp_path):
     train_its = [h["iteration"] for h in history if "train_query_accuracy" in h]
     assert train_its == [2, 4, 6]  # the resumed run continues the curve
     assert [h["iteration"] for h in history if "val_accuracy" in h] == [2, 4, 6]
+    curve = metrics["validation"]["curve"]
+    assert [c["iteration"] for c in curve] == [2, 4, 6]
+    assert [c["accuracy"] for c in curve] == [h["val_accuracy"][-1] for h in history if "val_accuracy" in h]
+    assert all(c["wall_time_s"] > 0 for c in curve)
+    assert curve[0]["wall_time_s"] <= curve[1]["wall_time_s"] <= curve[2]["wall_time_s"]  # resumed clock
+    for milestone, first in metrics["validation"]["first_at_or_above"].items():
+        reached = [c for c in curve if c["accuracy"] >= float(milestone)]
+        assert first == (None if not reached else {k: reached[0][k] for k in ("iteration", "wall_time_s")})
 
     again = run("--eval_only", f"--logdir={logdir}", f"--data_dir={data_dir}", *TINY[:3], "--val_tasks=6",
                 "--eval_tasks=10", "--eval_batch_size=5")
