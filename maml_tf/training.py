@@ -156,9 +156,10 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
     ``optimizer=None`` and keeps its state in the model).
 
     Resumes from the latest checkpoint in ``<logdir>/ckpt``. Saves every ``checkpoint_every``
-    iterations, at the end, and when Ctrl-C or SIGTERM ends the run (after the current iteration). ``validate(iteration, wall_time_s)`` returns a
-    score (higher is better; ``wall_time_s`` is the training time so far, resumed runs included); the
-    best checkpoint so far is kept in ``<logdir>/best``.
+    iterations, at the end, and when Ctrl-C or SIGTERM ends the run (after the current iteration).
+    ``validate(iteration, wall_time_s)`` returns a score (higher is better; ``wall_time_s`` is the
+    training time so far, resumed runs included); the best checkpoint so far is kept in
+    ``<logdir>/best``.
     """
     if iterations < 0:
         raise ValueError("iterations must be non-negative.")
