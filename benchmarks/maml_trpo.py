@@ -20,9 +20,12 @@ creation), then times ``--iterations`` more and prints one JSON line with the me
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's code, whatever is installed
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -40,6 +40,8 @@ import time
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's code, whatever is installed
+
 SETTINGS = {
     "5way1shot": dict(num_ways=5, num_shots=1, meta_batch_size=32, num_inner_steps=1, inner_lr=0.4),
     "20way1shot": dict(num_ways=20, num_shots=1, meta_batch_size=16, num_inner_steps=5, inner_lr=0.1),

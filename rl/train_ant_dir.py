@@ -5,7 +5,12 @@
 All flags and the training code are in rl/train.py (``--helpfull`` lists them).
 """
 
-from rl import train
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's code, whatever is installed
+
+from rl import train  # noqa: E402
 
 if __name__ == "__main__":
     train.run("ant_dir")
