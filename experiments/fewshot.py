@@ -285,7 +285,6 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     ``samplers``: {"train", "val", "test"} -> ``sample(n, rng)`` (see :func:`episode_sampler`).
     Returns the metrics dictionary (in ``eval_only`` mode, the freshly computed one; nothing is written).
     """
-    t0 = time.time()
     keras.utils.set_random_seed(cfg.seed)
     model = build_model()
     curve = make_curve(model, *task_losses(model, cfg), cfg)
@@ -293,6 +292,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     if not eval_only:
         check_config(logdir, cfg.to_json(), MODEL_KEYS)
         train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], curve, verbose=verbose)
+    t_eval = time.time()
     restored = load_for_evaluation(model, logdir)
     test = evaluate(curve, samplers["test"], cfg.eval_tasks, cfg.eval_batch_size, cfg.eval_seed)
     validation = evaluate(curve, samplers["val"], cfg.val_tasks, cfg.eval_batch_size, cfg.eval_seed + 1)
@@ -301,18 +301,20 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     print_results(cfg, test, paper, cfg.transductive_bn)
     trained_iterations = (train_result.iterations if train_result
                           else _checkpoint_iteration(os.path.join(logdir, "ckpt")))
-    train_wall = train_result.wall_time_s if train_result else None
+    train_wall = train_result.wall_time_s if train_result else None  # all sessions' training, from the checkpoint
+    eval_wall = time.time() - t_eval
     metrics = {
         "config": cfg.to_json(),
         "seed": cfg.seed,
         "iterations": trained_iterations,
-        "wall_time_s": round((train_wall or 0.0) + time.time() - t0, 1),
+        "wall_time_s": round((train_wall or 0.0) + eval_wall, 1),
         "transductive_bn": cfg.transductive_bn,
         "test": test,
         "validation": validation,
         "paper": paper,
         "evaluated_checkpoint": restored,
         "train_wall_time_s": None if train_wall is None else round(train_wall, 1),
+        "eval_wall_time_s": round(eval_wall, 1),
         "protocol": (f"{cfg.eval_tasks} random {cfg.num_ways}-way {cfg.num_shots}-shot test tasks with "
                      f"{cfg.eval_num_query} query examples per class (seed {cfg.eval_seed}); accuracy on the query "
                      f"set after 0..{cfg.num_eval_steps} inner steps of lr {cfg.inner_lr} on the support set; "

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,12 @@ def data_dir(tmp_path_factory):
 def test_train_resume_evaluate(data_dir, tmp_path):
     logdir = tmp_path / "run"
     common = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
+    t0 = time.time()
     first = run(*common, "--iterations=4")
     assert "test accuracy" in first.stdout
+    t1 = time.time()
     second = run(*common, "--iterations=6")  # resumes from the checkpoint at 4
+    t2 = time.time()
     assert "resumed" in second.stdout
 
     metrics = json.loads((logdir / "metrics.json").read_text())
@@ -59,6 +63,9 @@ def test_train_resume_evaluate(data_dir, tmp_path):
     assert metrics["split"]["characters"] == {"train": 4, "val": 2, "test": 3}
     assert metrics["validation"]["best_iteration"] in (2, 4, 6)
     assert metrics["command"].startswith("python experiments/omniglot.py")
+    # wall time = training over both sessions (from the checkpoint) + this session's evaluation, each once
+    assert metrics["wall_time_s"] == pytest.approx(metrics["train_wall_time_s"] + metrics["eval_wall_time_s"], abs=0.11)
+    assert 0 < metrics["eval_wall_time_s"] <= t2 - t1 and metrics["wall_time_s"] <= t2 - t0
     for name in ("learning_curve.png", "split.json", "history.jsonl", "config.json"):
         assert (logdir / name).exists(), name
     history = [json.loads(line) for line in (logdir / "history.jsonl").read_text().splitlines()]
