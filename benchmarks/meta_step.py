@@ -40,7 +40,7 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's code, whatever is installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
 SETTINGS = {
     "5way1shot": dict(num_ways=5, num_shots=1, meta_batch_size=32, num_inner_steps=1, inner_lr=0.4),

@@ -31,10 +31,9 @@ import time
 
 import mujoco
 import numpy as np
-
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's code, whatever is installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
 import rl.envs
 from rl.sampler import Sampler, default_num_workers, rollout_seed

@@ -8,7 +8,7 @@ All flags and the training code are in rl/train.py (``--helpfull`` lists them).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's code, whatever is installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
 from rl import train  # noqa: E402
 
