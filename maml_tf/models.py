@@ -36,7 +36,7 @@ class ExactBatchNormalization(layers.BatchNormalization):
     """
 
     def _moments(self, inputs, mask):
-        if mask is not None or self.synchronized:  # Keras's masked moments have no stop-gradient
+        if mask is not None or self.synchronized:  # Keras's masked and synchronized moments: left to Keras
             return super()._moments(inputs, mask)
         axes = list(self._reduction_axes)
         mean = tf.reduce_mean(inputs, axes, keepdims=True)

@@ -60,9 +60,8 @@ class Preset:
 # the paper's text:
 #  - inner lr 0.5 (the text says 0.1 for all tasks); their test script then steps 0.5, 0.25, 0.25;
 #  - 100 iterations for MAML, the pretrained policy and the oracle (the text says up to 500).
-#    Measured here (40 test tasks, 20 rollouts per step, returns after 0..3 steps): MAML after 100
-#    iterations -40.4, -11.7, -5.5, -5.1; after 500 -39.9, -10.7, -10.7, -8.4 (the longer run
-#    specialises in the single trained step); results/rl/navigation_500it holds the 500-iteration runs.
+#    results/rl/navigation (100 iterations) and results/rl/navigation_500it hold the measured returns;
+#    the longer MAML run specialises in the single trained step (README, "Reinforcement learning").
 # Pass --inner_lr=0.1 / --iterations=500 for the text's values.
 PRESETS = {
     "navigation": Preset("maml_tf/Navigation2D-v0", "maml_tf/Navigation2DOracle-v0", 20, 100, 0.5, iterations=100),
