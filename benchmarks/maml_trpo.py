@@ -35,7 +35,7 @@ from maml_tf.cli import quiet_tensorflow  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler, default_num_workers  # noqa: E402
 
-ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v0", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v0",
+ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v1", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v1",
            "ant_vel": "maml_tf/AntVel-v0", "ant_dir": "maml_tf/AntDir-v0", "navigation": "maml_tf/Navigation2D-v0"}
 
 flags.DEFINE_enum("task", "halfcheetah_vel", sorted(ENV_IDS), "Environment family.")

@@ -174,8 +174,18 @@ def main(argv):
     t0 = time.time()
     results, training, skipped = {}, {}, []
     tasks = None
+    # Each trained method runs on the env it was trained on (its config.json), the random initialisation
+    # on MAML's; the preset's ids where no run says otherwise.
+    env_ids = {m: run_settings(logdir, m).get("env_id") for m in ("maml", "pretrained", "oracle")}
+    env_ids["random"] = env_ids["maml"] or env_ids["pretrained"]
+    defaults = {"oracle": preset.oracle_env_id}
+    env_ids = {m: e or defaults.get(m, preset.env_id) for m, e in env_ids.items()}
+    versions = {m: env_ids[m].replace("Oracle", "") for m in FLAGS.methods}
+    if len(set(versions.values())) > 1:
+        raise ValueError(f"The runs in {logdir} were trained on different environments ({versions}); evaluate "
+                         f"runs of one environment version together.")
     for method in FLAGS.methods:
-        env_id = preset.oracle_env_id if method == "oracle" else preset.env_id
+        env_id = env_ids[method]
         with Sampler(env_id, num_workers=FLAGS.num_workers, horizon=horizon) as sampler:
             if tasks is None:
                 tasks = sampler.sample_tasks(FLAGS.num_tasks, np.random.default_rng(FLAGS.seed))
@@ -205,7 +215,8 @@ def main(argv):
     if not results:
         raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
     metrics = {
-        "config": {"task": task, "env_id": preset.env_id, "oracle_env_id": preset.oracle_env_id,
+        "config": {"task": task, "env_id": env_ids["maml"], "oracle_env_id": env_ids["oracle"],
+                   "env_ids": {m: env_ids[m] for m in results},
                    "num_tasks": FLAGS.num_tasks, "steps": FLAGS.steps, "rollouts_per_task": rollouts,
                    "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
                    "checkpoint": FLAGS.checkpoint, "methods": FLAGS.methods,

@@ -175,3 +175,71 @@ def test_observation_is_gymnasiums_v5_observation(name):
     for _ in range(5):
         np.testing.assert_array_equal(obs, parent._get_obs(env))
         obs = env.step(rng.uniform(-1, 1, size=env.action_space.shape))[0]
+
+
+def _com_velocity_reference(model, data, root: int) -> np.ndarray:
+    """Mass-weighted mean of the centre-of-mass velocities of the bodies in `root`'s subtree (each from
+    mj_objectVelocity, in world coordinates): the velocity of the subtree's centre of mass."""
+    import mujoco
+    total, momentum = 0.0, np.zeros(3)
+    for body in range(model.nbody):
+        b = body
+        while b != 0 and b != root:
+            b = model.body_parentid[b]
+        if b != root:
+            continue
+        velocity = np.zeros(6)
+        mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_BODY, body, velocity, 0)
+        momentum += model.body_mass[body] * velocity[3:]
+        total += model.body_mass[body]
+    return momentum / total
+
+
+@pytest.mark.parametrize("name", ["HalfCheetahVel", "HalfCheetahDir"])
+def test_half_cheetah_v1_follows_rllab_step_observation_and_reward(name):
+    """v1 against a reference stepped the rllab way on a separate MjData (mj_step, then mj_forward):
+    same states, observation = (qpos[1:], qvel, torso subtree COM), forward velocity = the subtree's
+    COM velocity recomputed body by body, 0.01 s per action."""
+    import mujoco
+    env = rl.envs.make(f"maml_tf/{name}-v1")
+    raw = env.unwrapped
+    model = raw.model
+    assert raw.dt == pytest.approx(0.01) and raw.frame_skip == 1
+    rng = np.random.default_rng(4)
+    task = raw.sample_tasks(1, rng)[0]
+    obs, _ = env.reset(seed=4, options={"task": task})
+    ref = mujoco.MjData(model)
+    ref.qpos[:], ref.qvel[:] = raw.data.qpos, raw.data.qvel
+    mujoco.mj_forward(model, ref)
+    torso = model.body("torso").id
+    for t in range(60):
+        np.testing.assert_allclose(obs, np.concatenate([ref.qpos[1:], ref.qvel, ref.subtree_com[torso]]),
+                                   rtol=0, atol=1e-9)
+        action = rng.normal(size=6) * 1.5
+        applied = np.clip(action, -1.0, 1.0)
+        obs, reward, terminated, _, info = env.step(action)
+        ref.ctrl[:] = applied
+        mujoco.mj_step(model, ref)
+        mujoco.mj_forward(model, ref)
+        velocity = _com_velocity_reference(model, ref, torso)[0]
+        forward = -abs(velocity - task) if name.endswith("Vel") else task * velocity
+        assert info["x_velocity"] == pytest.approx(velocity, abs=1e-9)
+        assert reward == pytest.approx(forward - 0.05 * np.sum(applied**2), abs=1e-9)
+        assert not terminated
+
+
+def test_half_cheetah_v1_reset_noise_is_rllabs_gaussian():
+    env = rl.envs.make_raw("maml_tf/HalfCheetahVel-v1", task=1.0)
+    qpos, qvel = [], []
+    for seed in range(200):
+        env.reset(seed=seed)
+        qpos.append(env.data.qpos - env.init_qpos)
+        qvel.append(env.data.qvel - env.init_qvel)
+    assert np.std(qpos) == pytest.approx(0.01, rel=0.1)
+    assert np.std(qvel) == pytest.approx(0.1, rel=0.1)
+    assert np.abs(qpos).max() > 0.02  # Gaussian, not uniform in [-0.01, 0.01]
+
+
+def test_unknown_half_cheetah_convention_is_one_clear_error():
+    with pytest.raises(ValueError, match="Unknown half-cheetah convention 'mujoco'"):
+        rl.envs.HalfCheetahVelEnv(convention="mujoco")

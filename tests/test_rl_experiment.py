@@ -61,3 +61,25 @@ def test_evaluating_a_missing_run_is_one_sentence(tmp_path):
     r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml", "--num_workers=0")
     assert r.returncode == 1
     assert last_line(r.stderr).startswith("error: No maml checkpoint in")
+
+
+def test_half_cheetah_trains_on_the_authors_env_and_evaluate_follows_the_runs_env(tmp_path):
+    train = run("rl/train_halfcheetah_vel.py", *TINY, "--iterations=1", "--horizon=20", f"--logdir={tmp_path / 'maml'}")
+    assert train.returncode == 0, train.stderr[-2000:]
+    config = json.loads((tmp_path / "maml" / "config.json").read_text())
+    assert config["env_id"] == "maml_tf/HalfCheetahVel-v1"
+    ev = run("rl/evaluate.py", "--task=halfcheetah_vel", f"--logdir={tmp_path}", "--methods=maml,random",
+             "--num_tasks=2", "--rollouts_per_task=2", "--steps=1", "--num_workers=0")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["config"]["env_ids"] == {"maml": "maml_tf/HalfCheetahVel-v1", "random": "maml_tf/HalfCheetahVel-v1"}
+
+    # a run recorded on gymnasium's conventions (-v0) cannot be evaluated together with a -v1 run
+    other = tmp_path / "pretrained"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "method": "pretrained",
+                                                   "env_id": "maml_tf/HalfCheetahVel-v0"}))
+    mixed = run("rl/evaluate.py", "--task=halfcheetah_vel", f"--logdir={tmp_path}", "--methods=maml,pretrained",
+                "--num_tasks=2", "--rollouts_per_task=2", "--steps=1", "--num_workers=0")
+    assert mixed.returncode != 0
+    assert "trained on different environments" in mixed.stderr

@@ -111,23 +111,69 @@ class _MujocoTaskMixin(TaskEnvMixin):
         return super().reset(options=options)
 
 
+CONVENTIONS = ("gymnasium", "rllab")
+
+
 class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
     def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True,
-                 ctrl_cost_weight: float = 0.05, **kwargs):
+                 ctrl_cost_weight: float = 0.05, convention: str = "gymnasium", **kwargs):
+        if convention not in CONVENTIONS:
+            raise ValueError(f"Unknown half-cheetah convention {convention!r}; choose one of {CONVENTIONS}.")
+        self._rllab = convention == "rllab"
+        if self._rllab:
+            kwargs.setdefault("frame_skip", 1)
         HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         utils.EzPickle.__init__(self, task=task, oracle=oracle, normalized_actions=normalized_actions,
-                                ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+                                ctrl_cost_weight=ctrl_cost_weight, convention=convention, **kwargs)
+        if self._rllab:  # the torso's subtree centre of mass joins the observation
+            if self.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
+                raise ValueError("The rllab convention steps with mj_step1/mj_step2, which RK4 does not support.")
+            self._torso = self.model.body("torso").id
+            self._subtree_com, self._subtree_linvel = self.data.subtree_com, self.data.subtree_linvel
+            base_dim = self.observation_space.shape[0] + 3
+            self.observation_space = spaces.Box(-np.inf, np.inf, shape=(base_dim,), dtype=np.float64)
         self._setup_task(task, oracle, normalized_actions)
 
     def _get_obs(self):
         skip = 1 if self._exclude_current_positions_from_observation else 0
+        if self._rllab:
+            return np.concatenate((self._qpos[skip:], self._qvel, self._subtree_com[self._torso], self._task_obs))
         return np.concatenate((self._qpos[skip:], self._qvel, self._task_obs))
+
+    def reset_model(self):
+        if not self._rllab:
+            return super().reset_model()
+        # rllab: Gaussian noise of scale 0.01 on the positions and 0.1 on the velocities
+        qpos = self.init_qpos + 0.01 * self.np_random.standard_normal(self.model.nq)
+        qvel = self.init_qvel + 0.1 * self.np_random.standard_normal(self.model.nv)
+        self.set_state(qpos, qvel)  # runs mj_forward: the state's derived quantities are current
+        return self._get_obs()
+
+    def _step_rllab(self, action) -> tuple[np.ndarray, float]:
+        """rllab's step: physics steps, then the forward pass of the new state (rllab calls mj_step,
+        then mj_forward); the velocity is the torso subtree's centre-of-mass velocity at the new state.
+        mj_step2 + mj_step1 does the same work without repeating the forward pass in the next mj_step
+        (valid because every state this env reaches has had its position/velocity stage computed:
+        set_state runs mj_forward, and each step ends with mj_step1)."""
+        if self._task is None:
+            raise RuntimeError("Call reset() before step().")
+        applied = self._action_map(action)
+        self._ctrl[:] = applied
+        for _ in range(self.frame_skip):
+            mujoco.mj_step2(self.model, self.data)
+            mujoco.mj_step1(self.model, self.data)
+        mujoco.mj_subtreeVel(self.model, self.data)
+        return applied, float(self._subtree_linvel[self._torso, 0])
 
     def step(self, action):
         x_before = float(self._qpos[0])
-        applied = self._simulate(action)
-        x_after = float(self._qpos[0])
-        velocity = (x_after - x_before) / self._dt
+        if self._rllab:
+            applied, velocity = self._step_rllab(action)
+            x_after = float(self._qpos[0])
+        else:
+            applied = self._simulate(action)
+            x_after = float(self._qpos[0])
+            velocity = (x_after - x_before) / self._dt
         reward_forward = self.family.forward_reward(velocity, self._task)
         ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
         reward = reward_forward - ctrl_cost
