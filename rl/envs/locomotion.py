@@ -11,6 +11,12 @@ Each class subclasses gymnasium's v5 environment (its XML model, observation, re
     ant:           r = forward + healthy_reward * healthy - 0.5 * |a|^2
                        - 5e-4 * |clip(cfrc_ext, -1, 1)|^2                       (gymnasium Ant-v5 terms)
 
+The half-cheetah also takes ``convention="rllab"``, the authors' half-cheetah (rllab's MujocoEnv on the
+same model file): one physics step of 0.01 s per action; the observation (qpos[1:], qvel, centre of
+mass of the torso's subtree); the forward velocity v is that centre of mass's velocity after the step
+(rllab's ``get_body_comvel("torso")``); reset noise N(0, 0.01^2) on qpos and N(0, 0.1^2) on qvel. The
+``-v1`` ids use it (rl/envs/__init__.py).
+
 ``a`` is the action applied to the simulator. With ``normalized_actions=True`` (default, as the
 authors' rllab ``normalize`` wrapper) the policy's action is mapped from [-1, 1] onto the actuator
 range and clipped first, so costs use the clipped action; ``False`` uses gymnasium's convention
@@ -22,8 +28,11 @@ gymnasium's Ant-v5 and the authors' rllab ant do; pass ``terminate_when_unhealth
 it. Its velocity uses qpos[0] (the torso's free-joint x); gymnasium's own Ant-v5 uses the torso's
 ``xpos``, which MuJoCo updates before the last physics substep, so it lags by one substep.
 
-The authors' rllab ant used other constants (survival 0.05, control cost 0.005 |a|^2, and +1 added to
-the goal-velocity forward term); pass ``healthy_reward`` / ``ctrl_cost_weight`` to use them.
+The authors' rllab ant differs more than the cheetah: other constants (survival 0.05, control cost
+0.005 |a|^2 on the action scaled to [-1, 1], contact cost 5e-4, and +1 added to the goal-velocity
+forward term), and another model file (rllab's ant.xml: RK4 integrator, 0.02 s timestep, one physics
+step per action, motors with control range +-150, its own initial pose) and observation. Only the
+constants are arguments here (``healthy_reward`` / ``ctrl_cost_weight``); our ant is gymnasium's.
 
 ``info`` carries the reward terms: x_position, x_velocity (= forward velocity), reward_forward,
 reward_ctrl (= -control cost) and, for the ant, y_velocity, reward_contact, reward_survive,
