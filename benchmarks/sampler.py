@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import rl.envs
 from rl.sampler import Sampler, default_num_workers, rollout_seed
 
-ENV_IDS = {"halfcheetah": "maml_tf/HalfCheetahVel-v1", "ant": "maml_tf/AntVel-v0"}
+ENV_IDS = {"halfcheetah": "maml_tf/HalfCheetahVel-v1", "ant": "maml_tf/AntVel-v1"}
 
 flags.DEFINE_list("envs", ["halfcheetah", "ant"], "Models to benchmark: halfcheetah, ant.")
 flags.DEFINE_integer("num_tasks", 40, "Tasks per batch (paper: 40).", lower_bound=1)

@@ -63,15 +63,15 @@ class Preset:
 #    results/rl/navigation (100 iterations) and results/rl/navigation_500it hold the measured returns;
 #    the longer MAML run specialises in the single trained step (README, "Reinforcement learning").
 # Pass --inner_lr=0.1 / --iterations=500 for the text's values.
-# The half-cheetah presets use the authors' rllab half-cheetah (the -v1 ids, see rl/envs/__init__.py);
+# The locomotion presets use the authors' rllab half-cheetah and ant (the -v1 ids, rl/envs/__init__.py);
 # runs made with gymnasium's conventions (-v0) record that env id in their config.json, which
 # rl/evaluate.py follows.
 PRESETS = {
     "navigation": Preset("maml_tf/Navigation2D-v0", "maml_tf/Navigation2DOracle-v0", 20, 100, 0.5, iterations=100),
     "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v1", "maml_tf/HalfCheetahVelOracle-v1", 40, 200, 0.1),
     "halfcheetah_dir": Preset("maml_tf/HalfCheetahDir-v1", "maml_tf/HalfCheetahDirOracle-v1", 40, 200, 0.1),
-    "ant_vel": Preset("maml_tf/AntVel-v0", "maml_tf/AntVelOracle-v0", 40, 200, 0.1),
-    "ant_dir": Preset("maml_tf/AntDir-v0", "maml_tf/AntDirOracle-v0", 40, 200, 0.1),
+    "ant_vel": Preset("maml_tf/AntVel-v1", "maml_tf/AntVelOracle-v1", 40, 200, 0.1),
+    "ant_dir": Preset("maml_tf/AntDir-v1", "maml_tf/AntDirOracle-v1", 40, 200, 0.1),
 }
 METHODS = ("maml", "pretrained", "oracle")
 

@@ -243,3 +243,53 @@ def test_half_cheetah_v1_reset_noise_is_rllabs_gaussian():
 def test_unknown_half_cheetah_convention_is_one_clear_error():
     with pytest.raises(ValueError, match="Unknown half-cheetah convention 'mujoco'"):
         rl.envs.HalfCheetahVelEnv(convention="mujoco")
+
+
+@pytest.mark.parametrize("name", ["AntVel", "AntDir"])
+def test_ant_v1_follows_rllab_step_observation_and_reward(name):
+    """v1 ant against a reference stepped the rllab way on a separate MjData: one RK4 step of 0.02 s,
+    then mj_forward; observation (qpos, qvel, clipped cfrc_ext of every body, torso rotation, torso
+    subtree COM); reward = forward (+1 for goal velocity) + 0.05 - 0.005 |a|^2 - 5e-4 |clip(cfrc_ext)|^2."""
+    import mujoco
+    env = rl.envs.make(f"maml_tf/{name}-v1")
+    raw = env.unwrapped
+    model = raw.model
+    assert model.opt.timestep == pytest.approx(0.02) and raw.frame_skip == 1
+    assert model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
+    rng = np.random.default_rng(5)
+    task = raw.sample_tasks(1, rng)[0]
+    obs, _ = env.reset(seed=5, options={"task": task})
+    init = np.array([0.0, 0.0, 0.55, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0])
+    assert np.abs(raw.data.qpos - init).max() < 0.06  # rllab's pose plus N(0, 0.01^2) noise
+    ref = mujoco.MjData(model)
+    ref.qpos[:], ref.qvel[:] = raw.data.qpos, raw.data.qvel
+    mujoco.mj_forward(model, ref)
+    mujoco.mj_rnePostConstraint(model, ref)
+    torso = model.body("torso").id
+
+    def reference_obs():
+        return np.concatenate([ref.qpos, ref.qvel, np.clip(ref.cfrc_ext, -1, 1).ravel(),
+                               ref.xmat[torso], ref.subtree_com[torso]])
+
+    ended = False
+    for _ in range(200):
+        np.testing.assert_allclose(obs, reference_obs(), rtol=0, atol=1e-7)
+        action = rng.normal(size=8) * 1.5
+        applied = np.clip(action, -1.0, 1.0)
+        obs, reward, terminated, _, info = env.step(action)
+        ref.ctrl[:] = applied
+        mujoco.mj_step(model, ref)
+        mujoco.mj_forward(model, ref)
+        mujoco.mj_rnePostConstraint(model, ref)
+        velocity = _com_velocity_reference(model, ref, torso)[0]
+        forward = -abs(velocity - task) + 1.0 if name.endswith("Vel") else task * velocity
+        contact = 5e-4 * np.sum(np.clip(ref.cfrc_ext, -1, 1) ** 2)
+        expected = forward + 0.05 - 0.005 * np.sum(applied**2) - contact
+        assert info["x_velocity"] == pytest.approx(velocity, abs=1e-7)
+        assert reward == pytest.approx(expected, abs=1e-7)
+        healthy = np.isfinite(ref.qpos).all() and 0.2 <= ref.qpos[2] <= 1.0
+        assert terminated == (not healthy)
+        if terminated:
+            ended = True
+            break
+    assert ended  # strong random actions make the ant jump above z = 1.0 (checks the True case)

@@ -8,12 +8,15 @@
     maml_tf/AntDir-v0                     AntDirEnv           direction +1 / -1      200
     maml_tf/HalfCheetahVel-v1             HalfCheetahVelEnv   velocity in [0, 2]     200
     maml_tf/HalfCheetahDir-v1             HalfCheetahDirEnv   direction +1 / -1      200
+    maml_tf/AntVel-v1                     AntVelEnv           velocity in [0, 3]     200
+    maml_tf/AntDir-v1                     AntDirEnv           direction +1 / -1      200
 
-The half-cheetah ``-v1`` ids are the authors' (rllab) half-cheetah, which the training presets use:
-one 0.01 s physics step per action (gymnasium's v5 takes five), the torso subtree's centre of mass
-appended to the observation (20 numbers), its centre-of-mass velocity as the forward velocity, and
-Gaussian reset noise (0.01 on positions, 0.1 on velocities). The same model file and reward terms
-otherwise. The ``-v0`` ids keep gymnasium's HalfCheetah-v5 conventions (``convention="gymnasium"``).
+The ``-v1`` ids follow the authors' (rllab) environments, which the training presets use
+(``convention="rllab"``, details in rl/envs/locomotion.py): one physics step per action (0.01 s for
+the half-cheetah, whose gymnasium v5 takes five; 0.02 s for the ant, five of 0.01 s in v5), rllab's
+observations (with the torso subtree's centre of mass), that centre of mass's velocity as the
+forward velocity, Gaussian reset noise, and for the ant rllab's initial pose and reward constants.
+The ``-v0`` ids keep gymnasium's v5 conventions (``convention="gymnasium"``).
 
 Each has an oracle variant (``...Oracle-v0``, e.g. ``maml_tf/AntVelOracle-v0``) whose observation
 ends with the task parameter. Usage::
@@ -44,7 +47,7 @@ _SPECS = {}
 for _name, (_cls, _horizon) in _FAMILIES.items():
     _SPECS[f"maml_tf/{_name}-v0"] = (_cls, _horizon, {})
     _SPECS[f"maml_tf/{_name}Oracle-v0"] = (_cls, _horizon, {"oracle": True})
-for _name in ("HalfCheetahVel", "HalfCheetahDir"):
+for _name in ("HalfCheetahVel", "HalfCheetahDir", "AntVel", "AntDir"):
     _cls, _horizon = _FAMILIES[_name]
     _SPECS[f"maml_tf/{_name}-v1"] = (_cls, _horizon, {"convention": "rllab"})
     _SPECS[f"maml_tf/{_name}Oracle-v1"] = (_cls, _horizon, {"convention": "rllab", "oracle": True})

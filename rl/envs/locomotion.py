@@ -28,11 +28,13 @@ gymnasium's Ant-v5 and the authors' rllab ant do; pass ``terminate_when_unhealth
 it. Its velocity uses qpos[0] (the torso's free-joint x); gymnasium's own Ant-v5 uses the torso's
 ``xpos``, which MuJoCo updates before the last physics substep, so it lags by one substep.
 
-The authors' rllab ant differs more than the cheetah: other constants (survival 0.05, control cost
-0.005 |a|^2 on the action scaled to [-1, 1], contact cost 5e-4, and +1 added to the goal-velocity
-forward term), and another model file (rllab's ant.xml: RK4 integrator, 0.02 s timestep, one physics
-step per action, motors with control range +-150, its own initial pose) and observation. Only the
-constants are arguments here (``healthy_reward`` / ``ctrl_cost_weight``); our ant is gymnasium's.
+The ant takes ``convention="rllab"`` too, the authors' ant (rllab's AntEnv and ant.xml) on
+gymnasium's ant.xml, which has the same bodies, joints and actuator torque: one RK4 step of 0.02 s
+per action (v5: five of 0.01 s); rllab's initial pose (legs bent) with reset noise N(0, 0.01^2) on
+qpos and N(0, 0.1^2) on qvel; the observation (qpos, qvel, clip(cfrc_ext, -1, 1) of every body, the
+torso's rotation matrix, the torso subtree's centre of mass); the forward velocity is that centre of
+mass's velocity; r = forward (+1 for goal velocity) + 0.05 - 0.005 |a|^2 - 5e-4 |clip(cfrc_ext)|^2,
+the survival bonus paid on every step; the same termination.
 
 ``info`` carries the reward terms: x_position, x_velocity (= forward velocity), reward_forward,
 reward_ctrl (= -control cost) and, for the ant, y_velocity, reward_contact, reward_survive,
@@ -54,7 +56,7 @@ from rl.envs.tasks import ActionMap, DirectionTasks, TaskEnvMixin, VelocityTasks
 
 # Compiled models, one per XML path and process: all env instances of a process share one MjModel
 # (each has its own MjData), which makes creating hundreds of envs cheap. Envs never modify it.
-_MODELS: dict[str, mujoco.MjModel] = {}
+_MODELS: dict[tuple, mujoco.MjModel] = {}
 
 
 def _compile(path: str) -> mujoco.MjModel:
@@ -81,11 +83,16 @@ class _MujocoTaskMixin(TaskEnvMixin):
     the Python work per step small; they compute the same quantities as gymnasium's v5 code.
     """
 
+    _timestep = None  # a physics timestep replacing the model file's (the rllab ant's 0.02 s)
+
     def _initialize_simulation(self):
-        model = _MODELS.get(self.fullpath)
+        key = (self.fullpath, self._timestep)
+        model = _MODELS.get(key)
         if model is None:
             model = _compile(self.fullpath)
-            _MODELS[self.fullpath] = model
+            if self._timestep is not None:
+                model.opt.timestep = self._timestep
+            _MODELS[key] = model
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
         return model, mujoco.MjData(model)
@@ -201,11 +208,33 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
     family = DirectionTasks()
 
 
+# The authors' ant (rllab's AntEnv on its ant.xml), where it differs from gymnasium's Ant-v5 on
+# gymnasium's ant.xml (the same bodies, joints, geoms and actuator strength: rllab's motors take
+# +-150 with gear 1, gymnasium's +-1 with gear 150, the same torque for a normalized action).
+_RLLAB_ANT_TIMESTEP = 0.02  # rllab's ant.xml: RK4 with a 0.02 s step, one physics step per action
+_RLLAB_ANT_INIT_QPOS = np.array([0.0, 0.0, 0.55, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0])
+_RLLAB_ANT_REWARD = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}
+
+
 class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
-    def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True, **kwargs):
+    def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True,
+                 convention: str = "gymnasium", **kwargs):
+        if convention not in CONVENTIONS:
+            raise ValueError(f"Unknown ant convention {convention!r}; choose one of {CONVENTIONS}.")
+        self._rllab = convention == "rllab"
+        if self._rllab:
+            self._timestep = _RLLAB_ANT_TIMESTEP
+            kwargs = {"frame_skip": 1, **_RLLAB_ANT_REWARD, **kwargs}
         AntEnv.__init__(self, **kwargs)
         utils.EzPickle.__init__(self, task=task, oracle=oracle, normalized_actions=normalized_actions,
-                                **kwargs)
+                                convention=convention, **kwargs)
+        if self._rllab:
+            self.init_qpos = _RLLAB_ANT_INIT_QPOS.copy()
+            self._torso = self.model.body("torso").id
+            self._subtree_com, self._subtree_linvel = self.data.subtree_com, self.data.subtree_linvel
+            self._xmat = self.data.xmat
+            base_dim = self.model.nq + self.model.nv + 6 * self.model.nbody + 9 + 3
+            self.observation_space = spaces.Box(-np.inf, np.inf, shape=(base_dim,), dtype=np.float64)
         self._setup_task(task, oracle, normalized_actions)
         self._cfrc_ext = self.data.cfrc_ext
         self._contact_low, self._contact_high = map(float, self._contact_force_range)
@@ -214,30 +243,54 @@ class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
         return np.minimum(np.maximum(self._cfrc_ext, self._contact_low), self._contact_high)
 
     def _get_obs(self, contact_forces=None):
+        forces = self._contact_forces() if contact_forces is None else contact_forces
+        if self._rllab:  # rllab: qpos, qvel, clipped external forces of every body, torso rotation, torso COM
+            return np.concatenate((self._qpos, self._qvel, forces.ravel(), self._xmat[self._torso],
+                                   self._subtree_com[self._torso], self._task_obs))
         parts = [self._qpos[2:] if self._exclude_current_positions_from_observation else self._qpos,
                  self._qvel]
         if self._include_cfrc_ext_in_observation:
-            forces = self._contact_forces() if contact_forces is None else contact_forces
             parts.append(forces[1:].ravel())
         parts.append(self._task_obs)
         return np.concatenate(parts)
+
+    def reset_model(self):
+        if not self._rllab:
+            return super().reset_model()
+        qpos = self.init_qpos + 0.01 * self.np_random.standard_normal(self.model.nq)
+        qvel = self.init_qvel + 0.1 * self.np_random.standard_normal(self.model.nv)
+        self.set_state(qpos, qvel)  # runs mj_forward
+        mujoco.mj_rnePostConstraint(self.model, self.data)  # external forces of the reset state
+        return self._get_obs()
 
     def step(self, action):
         qpos = self._qpos
         x_before, y_before = float(qpos[0]), float(qpos[1])
         applied = self._simulate(action)
-        mujoco.mj_rnePostConstraint(self.model, self.data)  # fills cfrc_ext (as gymnasium does)
+        if self._rllab:
+            # rllab: mj_step, then mj_forward; its velocity is the torso subtree's COM velocity
+            mujoco.mj_forward(self.model, self.data)
+            mujoco.mj_rnePostConstraint(self.model, self.data)
+            mujoco.mj_subtreeVel(self.model, self.data)
+        else:
+            mujoco.mj_rnePostConstraint(self.model, self.data)  # fills cfrc_ext (as gymnasium does)
         x_after, y_after = float(qpos[0]), float(qpos[1])
-        x_velocity = (x_after - x_before) / self._dt
-        y_velocity = (y_after - y_before) / self._dt
+        if self._rllab:
+            x_velocity, y_velocity = map(float, self._subtree_linvel[self._torso, :2])
+        else:
+            x_velocity = (x_after - x_before) / self._dt
+            y_velocity = (y_after - y_before) / self._dt
         reward_forward = self.family.forward_reward(x_velocity, self._task)
+        if self._rllab and isinstance(self.family, VelocityTasks):
+            reward_forward += 1.0  # rllab's goal-velocity ant: "make it happy, not suicidal"
         ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
         forces = self._contact_forces()
         contact_cost = self._contact_cost_weight * float(np.sum(forces * forces))
         z_low, z_high = self._healthy_z_range
         healthy = bool(z_low <= qpos[2] <= z_high and np.isfinite(qpos).all()
                        and np.isfinite(self._qvel).all())
-        reward_survive = self._healthy_reward if healthy else 0.0
+        # rllab pays its survival bonus on every step; gymnasium only while healthy
+        reward_survive = self._healthy_reward if (healthy or self._rllab) else 0.0
         reward = reward_forward + reward_survive - ctrl_cost - contact_cost
         terminated = (not healthy) and self._terminate_when_unhealthy
         info = {"x_position": x_after, "y_position": y_after,
