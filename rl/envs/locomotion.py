@@ -80,7 +80,8 @@ class _MujocoTaskMixin(TaskEnvMixin):
     """Shared set-up of the MuJoCo task envs: model cache, action mapping, oracle observation.
 
     ``step`` and ``_get_obs`` are written out here (instead of calling gymnasium's helpers) to keep
-    the Python work per step small; they compute the same quantities as gymnasium's v5 code.
+    the Python work per step small; they compute the same quantities as gymnasium's v5 code (or as
+    rllab's, with ``convention="rllab"``).
     """
 
     _timestep = None  # a physics timestep replacing the model file's (the rllab ant's 0.02 s)
@@ -112,12 +113,17 @@ class _MujocoTaskMixin(TaskEnvMixin):
         if task is not None:
             self.set_task(task)
 
-    def _simulate(self, action) -> np.ndarray:
-        """Applies `action` (mapped and clipped) for frame_skip physics steps; returns it as applied."""
+    def _apply_action(self, action) -> np.ndarray:
+        """Sets the controls to `action`, mapped and clipped; returns them."""
         if self._task is None:
             raise RuntimeError("Call reset() before step().")
         applied = self._action_map(action)
         self._ctrl[:] = applied
+        return applied
+
+    def _simulate(self, action) -> np.ndarray:
+        """Applies `action` (mapped and clipped) for frame_skip physics steps; returns it as applied."""
+        applied = self._apply_action(action)
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         return applied
 
@@ -171,10 +177,7 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
         mj_step2 + mj_step1 does the same work without repeating the forward pass in the next mj_step
         (valid because every state this env reaches has had its position/velocity stage computed:
         set_state runs mj_forward, and each step ends with mj_step1)."""
-        if self._task is None:
-            raise RuntimeError("Call reset() before step().")
-        applied = self._action_map(action)
-        self._ctrl[:] = applied
+        applied = self._apply_action(action)
         for _ in range(self.frame_skip):
             mujoco.mj_step2(self.model, self.data)
             mujoco.mj_step1(self.model, self.data)
