@@ -10,6 +10,9 @@ Methods (each fine-tuned on the same test tasks, with the same seeds):
   random      a freshly initialised policy
   oracle      the policy trained on the environment that observes the task; evaluated without
               fine-tuning (0 steps), on its own environment
+Every trained method runs on the environment id recorded in its run's config.json (the random
+initialisation on MAML's), so runs made on the ``-v0`` environments stay re-evaluable; runs of
+different environment versions are not evaluated together.
 Each step samples fresh rollouts of the current (adapted) policy, reports their average return, and
 takes one vanilla policy-gradient step (linear baseline refitted per task, gamma 0.99, GAE lambda 1,
 advantages standardised per task; the same loss as the inner step of meta-training).
