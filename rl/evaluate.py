@@ -179,11 +179,12 @@ def main(argv):
     tasks = None
     # Each trained method runs on the env it was trained on (its config.json), the random initialisation
     # on MAML's; the preset's ids where no run says otherwise.
-    env_ids = {m: run_settings(logdir, m).get("env_id") for m in ("maml", "pretrained", "oracle")}
-    env_ids["random"] = env_ids["maml"] or env_ids["pretrained"]
+    recorded = {m: run_settings(logdir, m).get("env_id") for m in ("maml", "pretrained", "oracle")}
+    recorded["random"] = recorded["maml"] or recorded["pretrained"]
     defaults = {"oracle": preset.oracle_env_id}
-    env_ids = {m: e or defaults.get(m, preset.env_id) for m, e in env_ids.items()}
-    versions = {m: env_ids[m].replace("Oracle", "") for m in FLAGS.methods}
+    env_ids = {m: e or defaults.get(m, preset.env_id) for m, e in recorded.items()}
+    # methods without a run are skipped below; they take no part in the check
+    versions = {m: env_ids[m].replace("Oracle", "") for m in FLAGS.methods if recorded[m] or m == "random"}
     if len(set(versions.values())) > 1:
         raise ValueError(f"The runs in {logdir} were trained on different environments ({versions}); evaluate "
                          f"runs of one environment version together.")
