@@ -132,16 +132,28 @@ class _MujocoTaskMixin(TaskEnvMixin):
         self._prepare_task(options)
         return super().reset(options=options)
 
+    def _use_convention(self, convention: str) -> None:
+        if convention not in CONVENTIONS:
+            raise ValueError(f"Unknown {self._model_name} convention {convention!r}; choose one of {CONVENTIONS}.")
+        self._rllab = convention == "rllab"
+
+    def _reset_rllab_state(self) -> None:
+        """rllab's reset: Gaussian noise of scale 0.01 on the positions and 0.1 on the velocities;
+        set_state runs mj_forward, so the state's derived quantities are current."""
+        qpos = self.init_qpos + 0.01 * self.np_random.standard_normal(self.model.nq)
+        qvel = self.init_qvel + 0.1 * self.np_random.standard_normal(self.model.nv)
+        self.set_state(qpos, qvel)
+
 
 CONVENTIONS = ("gymnasium", "rllab")
 
 
 class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
+    _model_name = "half-cheetah"
+
     def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True,
                  ctrl_cost_weight: float = 0.05, convention: str = "gymnasium", **kwargs):
-        if convention not in CONVENTIONS:
-            raise ValueError(f"Unknown half-cheetah convention {convention!r}; choose one of {CONVENTIONS}.")
-        self._rllab = convention == "rllab"
+        self._use_convention(convention)
         if self._rllab:
             kwargs.setdefault("frame_skip", 1)
         HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
@@ -165,10 +177,7 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
     def reset_model(self):
         if not self._rllab:
             return super().reset_model()
-        # rllab: Gaussian noise of scale 0.01 on the positions and 0.1 on the velocities
-        qpos = self.init_qpos + 0.01 * self.np_random.standard_normal(self.model.nq)
-        qvel = self.init_qvel + 0.1 * self.np_random.standard_normal(self.model.nv)
-        self.set_state(qpos, qvel)  # runs mj_forward: the state's derived quantities are current
+        self._reset_rllab_state()
         return self._get_obs()
 
     def _step_rllab(self, action) -> tuple[np.ndarray, float]:
@@ -185,14 +194,13 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
         return applied, float(self._subtree_linvel[self._torso, 0])
 
     def step(self, action):
-        x_before = float(self._qpos[0])
         if self._rllab:
             applied, velocity = self._step_rllab(action)
-            x_after = float(self._qpos[0])
         else:
+            x_before = float(self._qpos[0])
             applied = self._simulate(action)
-            x_after = float(self._qpos[0])
-            velocity = (x_after - x_before) / self._dt
+            velocity = (float(self._qpos[0]) - x_before) / self._dt
+        x_after = float(self._qpos[0])
         reward_forward = self.family.forward_reward(velocity, self._task)
         ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
         reward = reward_forward - ctrl_cost
@@ -220,11 +228,11 @@ _RLLAB_ANT_REWARD = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "he
 
 
 class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
+    _model_name = "ant"
+
     def __init__(self, task=None, oracle: bool = False, normalized_actions: bool = True,
                  convention: str = "gymnasium", **kwargs):
-        if convention not in CONVENTIONS:
-            raise ValueError(f"Unknown ant convention {convention!r}; choose one of {CONVENTIONS}.")
-        self._rllab = convention == "rllab"
+        self._use_convention(convention)
         if self._rllab:
             self._timestep = _RLLAB_ANT_TIMESTEP
             kwargs = {"frame_skip": 1, **_RLLAB_ANT_REWARD, **kwargs}
@@ -260,9 +268,7 @@ class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
     def reset_model(self):
         if not self._rllab:
             return super().reset_model()
-        qpos = self.init_qpos + 0.01 * self.np_random.standard_normal(self.model.nq)
-        qvel = self.init_qvel + 0.1 * self.np_random.standard_normal(self.model.nv)
-        self.set_state(qpos, qvel)  # runs mj_forward
+        self._reset_rllab_state()
         mujoco.mj_rnePostConstraint(self.model, self.data)  # external forces of the reset state
         return self._get_obs()
 
