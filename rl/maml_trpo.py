@@ -39,10 +39,15 @@ gradient needs are computed with nested gradient tapes, in one of two ways that 
     F_i = the Hessian of KL_i with respect to the adapted weights (the Fisher matrix of pi_old,i).
     J_i is symmetric, so J_i v and J_i^T u are both v - alpha (hess L_i) v, an HVP of the inner loss;
     F_i u is an HVP of the KL: all by nested tapes (two deep), with no third derivatives. For
-    first-order MAML and for plain TRPO J_i = I. The rollouts that enter this curvature may be
+    first-order MAML and for plain TRPO J_i = I. The post-update rollouts that enter F_i may be
     subsampled (``hvp_subsample``: the first fraction of each task's rollouts, as the subsampled
-    Fisher products of common TRPO implementations); the curvature only shapes the step, whose KL
-    the line search checks exactly, on all data.
+    Fisher products of common TRPO implementations; ``curvature_inputs``); the curvature only shapes
+    the step, whose KL the line search checks exactly, on all data. J_i always uses all pre-update
+    rollouts, i.e. the very inner step that made theta'_i: a J_i from a subsample is noisy, and the
+    noise enters H twice (J^T F J), so on average it inflates the curvature. Measured on a
+    half-cheetah direction iteration (40 tasks, 20 rollouts): J_i from 4 of the 20 rollouts gave a
+    step 4x shorter than the exact curvature's and turned by 35 degrees (cosine 0.81); F_i from 4 of
+    20 with the full J_i gives cosine 0.9995 and the full length.
 
 Baselines of the paper use the same learner with ``inner_steps=0``: then theta'_i = theta, only one
 batch of rollouts is sampled per iteration, and this is plain TRPO on the tasks of the batch
@@ -160,6 +165,21 @@ def subsample_rollouts(data, rollouts: int, keep: int):
         return x[:, : keep * steps]
 
     return tf.nest.map_structure(cut, data)
+
+
+def curvature_rollouts(config: Config) -> int:
+    """Post-update rollouts per task that enter the KL curvature (all of them for ``"exact"``)."""
+    if config.curvature == "exact":
+        return config.rollouts_per_task
+    return max(1, int(math.ceil(config.hvp_subsample * config.rollouts_per_task)))
+
+
+def curvature_inputs(config: Config, pre, post, old):
+    """``(pre, post, old)`` for the curvature products: the post-update rollouts and their old policy
+    subsampled to ``curvature_rollouts(config)`` per task; the pre-update rollouts whole, because the
+    inner step (and so J_i) must be the one that produced the adapted policies (module docstring)."""
+    post_c, old_c = subsample_rollouts((post, old), config.rollouts_per_task, curvature_rollouts(config))
+    return pre, post_c, old_c
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,9 +361,7 @@ class MAMLTRPO:
             times["inner_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         old = obj.old_policy(fast, post)
-        pre_c = subsample_rollouts(pre, c.rollouts_per_task, self.curvature_rollouts)
-        post_c, old_c = subsample_rollouts((post, old), c.rollouts_per_task, self.curvature_rollouts)
-        fast_c = fast
+        pre_c, post_c, old_c = curvature_inputs(c, pre, post, old)
 
         parts = {"gradient_s": 0.0, "hvp_s": 0.0, "line_search_s": 0.0}
 
@@ -358,7 +376,7 @@ class MAMLTRPO:
         new_weights, info = trpo.trpo_update(
             weights,
             loss_and_gradient=timed("gradient_s", lambda w: obj.loss_and_gradient(w, pre, post, old)),
-            kl_hvp=timed("hvp_s", lambda v: obj.hvp(weights, v, pre_c, post_c, old_c, fast_c)),
+            kl_hvp=timed("hvp_s", lambda v: obj.hvp(weights, v, pre_c, post_c, old_c, fast)),
             loss_and_kl=timed("line_search_s", lambda w: obj.loss_and_kl(w, pre, post, old)),
             max_kl=c.max_kl, cg_iterations=c.cg_iterations, damping=c.cg_damping,
             backtrack_ratio=c.backtrack_ratio, max_backtracks=c.max_backtracks)
@@ -377,15 +395,6 @@ class MAMLTRPO:
         })
         self.last_metrics = metrics
         return metrics
-
-    @property
-    def curvature_rollouts(self) -> int:
-        """Rollouts per task used for the KL curvature (all of them for ``curvature="exact"``, whose
-        inner step must see the same data as the one that produced the old policy)."""
-        c = self.config
-        if c.curvature == "exact":
-            return c.rollouts_per_task
-        return max(1, int(math.ceil(c.hvp_subsample * c.rollouts_per_task)))
 
     def score(self) -> float:
         """Average return of the last iteration's post-update rollouts (pre-update if no inner step):

@@ -121,6 +121,25 @@ def test_curvature_products_equal_the_hessian_of_the_kl_through_the_inner_step(f
         np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
 
 
+def test_subsampled_curvature_keeps_the_inner_step_on_all_pre_update_rollouts():
+    # 2 rollouts x 3 steps per task, hvp_subsample 0.5: the curvature must be the Hessian of the KL on
+    # the first post-update rollout, through the inner step on *both* pre-update rollouts (the step
+    # that made the adapted policies); an inner step on a subsample would be a different function.
+    model, _, w0, pre, post, old, fast = tiny_setup()
+    config = maml_trpo.Config(inner_lr=0.7, rollouts_per_task=2, hvp_subsample=0.5, layout=LAYOUT)
+    objective = maml_trpo.MetaObjective(model, config)
+    pre_c, post_c, old_c = maml_trpo.curvature_inputs(config, pre, post, old)
+    assert pre_c is pre and post_c.obs.shape[1] == 3 and old_c.mean.shape[1] == 3
+    hessian, _ = explicit_hessian(lambda w: objective._terms(w, pre, post_c, old_c, first_order=False)[1], w0)
+    v = np.random.default_rng(8).normal(size=hessian.shape[0])
+    hv = objective.hvp(w0, trpo.unflatten(v, w0), pre_c, post_c, old_c, fast)
+    np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
+    # the old choice (inner step on the first pre-update rollout only) is measurably different here
+    pre_sub = maml_trpo.subsample_rollouts(pre, 2, 1)
+    hv_sub = objective.hvp(w0, trpo.unflatten(v, w0), pre_sub, post_c, old_c, fast)
+    assert np.linalg.norm(trpo.flatten(hv_sub).numpy() - hessian @ v) > 1e-3 * np.linalg.norm(hessian @ v)
+
+
 def test_standardize_and_subsample():
     adv = np.array([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 7.0, 0.0]])
     mask = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
