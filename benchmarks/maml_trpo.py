@@ -45,8 +45,8 @@ flags.DEFINE_integer("horizon", 200, "Steps per episode (paper: 200).", lower_bo
 flags.DEFINE_integer("iterations", 2, "Timed meta-iterations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed meta-iterations first (tracing).", lower_bound=0)
 flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES, "KL Hessian-vector products.")
-flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of rollouts used for the curvature.", lower_bound=0.0,
-                   upper_bound=1.0)
+flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of post-update rollouts used for the Fisher matrix in the curvature.",
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("first_order", False, "First-order MAML.")
 flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "Per-task layout.")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per core).", lower_bound=0)

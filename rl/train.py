@@ -94,7 +94,8 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_float("cg_damping", 1e-5, "Damping added to the KL Hessian in conjugate gradient.")
     flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES,
                       "How the KL Hessian-vector products are computed (both exact at the current parameters).")
-    flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's rollouts used for the KL curvature.")
+    flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
+                       "Fisher matrix in the curvature (the inner step's Jacobian always uses all pre-update rollouts).")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
     flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "How per-task computations are laid out.")
     flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
