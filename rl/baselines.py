@@ -119,3 +119,27 @@ def advantages(rewards: np.ndarray, obs: np.ndarray, mask: np.ndarray, discount:
     returns = discounted_returns(rewards, mask, discount)
     values = linear_baseline(obs, returns, mask, reg)
     return gae(rewards, values, mask, discount, lam), returns
+
+
+def previous_task_advantages(rewards: np.ndarray, obs: np.ndarray, mask: np.ndarray, weights: np.ndarray | None,
+                             discount: float = 0.99, lam: float = 1.0,
+                             reg: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Advantages in the order of rllab's sampler, which the MAML authors' code ran task by task: the
+    values of task m come from the baseline fitted on the task processed just before it (task m - 1;
+    for task 0 the given ``weights``, or a zero baseline if None), and the baseline is refitted on
+    task m's episodes after its advantages are computed. The authors' code then refitted it on all
+    tasks' episodes together (its logging pass), which is what the next batch starts from.
+
+    Returns (advantages [M, R, T], returns [M, R, T], weights fitted on all tasks together [F])."""
+    returns = discounted_returns(rewards, mask, discount)
+    mask = np.asarray(mask, dtype=np.float64)
+    values = np.zeros(mask.shape)
+    for m in range(mask.shape[0]):
+        features = linear_features(obs[m], mask[m])
+        if weights is not None:
+            values[m] = (features @ weights) * mask[m]
+        weights = fit_linear(features[None], returns[m][None], mask[m][None], reg)[0]
+    pooled = linear_features(obs, mask)
+    F = pooled.shape[-1]
+    pooled_weights = fit_linear(pooled.reshape(1, -1, F), returns.reshape(1, -1), mask.reshape(1, -1), reg)[0]
+    return gae(rewards, values, mask, discount, lam), returns, pooled_weights

@@ -74,6 +74,7 @@ from rl import baselines, policies, trpo
 from rl.sampler import Episodes, Sampler
 
 CURVATURES = ("gauss_newton", "exact")
+BASELINES = ("per_task", "previous_task")
 
 
 class PolicyData(NamedTuple):
@@ -111,6 +112,7 @@ class Config:
     curvature: str = "gauss_newton"
     hvp_subsample: float = 0.2      # fraction of each task's rollouts used for the curvature (gauss_newton)
     layout: str = "vectorized"
+    baseline: str = "per_task"      # or "previous_task": rllab's order, as the authors' code ran it
 
     def __post_init__(self):
         if self.inner_steps not in (0, 1):
@@ -122,6 +124,8 @@ class Config:
             raise ValueError(f"hvp_subsample must be in (0, 1], got {self.hvp_subsample}.")
         if self.rollouts_per_task < 1 or self.max_kl <= 0 or self.inner_lr < 0:
             raise ValueError("rollouts_per_task and max_kl must be positive and inner_lr non-negative.")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
         if self.layout not in maml.LAYOUTS:
             raise ValueError(f"layout must be one of {maml.LAYOUTS}, got {self.layout!r}.")
 
@@ -140,10 +144,14 @@ def standardize(advantages: np.ndarray, mask: np.ndarray, eps: float = 1e-8) -> 
 
 
 def policy_data(episodes: Episodes, discount: float = 0.99, gae_lambda: float = 1.0,
-                normalize_advantages: bool = True, dtype=tf.float32) -> PolicyData:
-    """Advantages from the linear feature baseline refitted per task (``rl.baselines.advantages``),
-    standardised per task if asked; time and rollout axes folded into one step axis."""
-    adv, _ = baselines.advantages(episodes.rewards, episodes.obs, episodes.mask, discount, gae_lambda)
+                normalize_advantages: bool = True, dtype=tf.float32, advantages: np.ndarray | None = None) -> PolicyData:
+    """Advantages from the linear feature baseline refitted per task (``rl.baselines.advantages``;
+    or the given ``advantages`` [M, R, T]), standardised per task if asked; time and rollout axes
+    folded into one step axis."""
+    if advantages is None:
+        adv, _ = baselines.advantages(episodes.rewards, episodes.obs, episodes.mask, discount, gae_lambda)
+    else:
+        adv = advantages
     if normalize_advantages:
         adv = standardize(adv, episodes.mask)
     M, R, T = episodes.rewards.shape
@@ -326,11 +334,16 @@ class MAMLTRPO:
         self.objective = MetaObjective(model, config)
         self.policy_fn = policies.make_policy_fn(model)
         self.last_metrics: dict = {}
+        self.baseline_weights = None  # carried between batches with baseline="previous_task"
 
     def _data(self, episodes: Episodes) -> PolicyData:
         c = self.config
+        adv = None
+        if c.baseline == "previous_task":
+            adv, _, self.baseline_weights = baselines.previous_task_advantages(
+                episodes.rewards, episodes.obs, episodes.mask, self.baseline_weights, c.discount, c.gae_lambda)
         return policy_data(episodes, c.discount, c.gae_lambda, c.normalize_advantages,
-                           dtype=self.model.inputs[0].dtype)
+                           dtype=self.model.inputs[0].dtype, advantages=adv)
 
     def step(self, batch: IterationBatch) -> dict:
         c, obj = self.config, self.objective

@@ -96,6 +96,9 @@ def define_flags(preset: Preset) -> None:
                       "How the KL Hessian-vector products are computed (both exact at the current parameters).")
     flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
                        "Fisher matrix in the curvature (the inner step's Jacobian always uses all pre-update rollouts).")
+    flags.DEFINE_enum("baseline", "per_task", maml_trpo.BASELINES,
+                      "per_task: the linear baseline is fitted to each task's own episodes; previous_task: rllab's "
+                      "order, as the authors' code ran it (each task's values from the fit on the task before it).")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
     flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "How per-task computations are laid out.")
     flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
@@ -134,7 +137,7 @@ def settings(task: str) -> dict:
         "inner_steps": 1 if method == "maml" else 0,
         "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "cg_iterations": FLAGS.cg_iterations,
         "cg_damping": FLAGS.cg_damping, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
-        "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout,
+        "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout, "baseline": FLAGS.baseline,
         "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
         "seed": FLAGS.seed,
         "logdir": FLAGS.logdir or os.path.join("results", "rl", task, method),
@@ -147,7 +150,7 @@ def learner_config(s: dict) -> maml_trpo.Config:
         first_order=s["first_order"], max_kl=s["max_kl"], cg_iterations=s["cg_iterations"],
         cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
         normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
-        hvp_subsample=s["hvp_subsample"], layout=s["layout"])
+        hvp_subsample=s["hvp_subsample"], layout=s["layout"], baseline=s.get("baseline", "per_task"))
 
 
 def build_policy(sampler: Sampler, seed: int) -> keras.Model:

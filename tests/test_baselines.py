@@ -95,3 +95,35 @@ def test_advantages_combines_returns_baseline_and_gae():
     advantages, returns = baselines.advantages(rewards, obs, mask)
     values = baselines.linear_baseline(obs, returns, mask)
     np.testing.assert_allclose(advantages, returns - values, atol=1e-10)
+
+
+def test_previous_task_baseline_follows_rllabs_predict_then_fit_order():
+    # Reference: paths as lists, processed task after task; each task's values come from a least-squares
+    # fit (numpy lstsq on explicitly built features) of the task before it; the first task uses w0.
+    rewards, obs, mask, lengths = padded_batch(M=3, R=4, T=12, d=2, seed=3)
+    F = 2 * 2 + 4
+    w0 = np.random.default_rng(4).normal(size=F)
+
+    def features(o):  # one path's features, built here from the documented formula
+        t = np.arange(len(o))[:, None] / 100.0
+        oc = np.clip(o, -10, 10)
+        return np.hstack([oc, oc ** 2, t, t ** 2, t ** 3, np.ones_like(t)])
+
+    def fit(paths):
+        phi = np.vstack([features(o) for o, _ in paths])
+        g = np.concatenate([loop_returns(r, len(r), 0.99) for _, r in paths])
+        return np.linalg.solve(phi.T @ phi + 1e-5 * np.eye(F), phi.T @ g)
+
+    w, expected, everything = w0, np.zeros_like(rewards), []
+    for m in range(3):
+        paths = [(obs[m, r, :lengths[m, r]], rewards[m, r, :lengths[m, r]]) for r in range(4)]
+        for r, (o, rew) in enumerate(paths):
+            expected[m, r, :len(rew)] = loop_returns(rew, len(rew), 0.99) - features(o) @ w
+        w = fit(paths)
+        everything += paths
+    advantages, _, pooled = baselines.previous_task_advantages(rewards, obs, mask, w0)
+    np.testing.assert_allclose(advantages, expected, atol=1e-8)
+    np.testing.assert_allclose(pooled, fit(everything), rtol=1e-6, atol=1e-8)
+    # without initial weights the first task's baseline is zero: its advantages are its returns
+    advantages, returns, _ = baselines.previous_task_advantages(rewards, obs, mask, None)
+    np.testing.assert_allclose(advantages[0], returns[0], atol=1e-12)
