@@ -110,7 +110,7 @@ class Config:
     gae_lambda: float = 1.0
     normalize_advantages: bool = True
     curvature: str = "gauss_newton"
-    hvp_subsample: float = 0.2      # fraction of each task's rollouts used for the curvature (gauss_newton)
+    hvp_subsample: float = 0.2      # fraction of each task's post-update rollouts used for F (gauss_newton)
     layout: str = "vectorized"
     baseline: str = "per_task"      # or "previous_task": rllab's order, as the authors' code ran it
 
@@ -334,7 +334,9 @@ class MAMLTRPO:
         self.objective = MetaObjective(model, config)
         self.policy_fn = policies.make_policy_fn(model)
         self.last_metrics: dict = {}
-        self.baseline_weights = None  # carried between batches with baseline="previous_task"
+        # carried between batches with baseline="previous_task" (not checkpointed: the first batch
+        # after a resume starts from a zero baseline)
+        self.baseline_weights = None
 
     def _data(self, episodes: Episodes) -> PolicyData:
         c = self.config

@@ -119,7 +119,7 @@ def define_flags(preset: Preset) -> None:
 
 # Settings that a resumed run must share with the run in its log directory.
 MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
-              "first_order", "normalize_advantages")
+              "first_order", "normalize_advantages", "baseline")
 
 
 def settings(task: str) -> dict:
