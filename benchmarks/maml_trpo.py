@@ -36,7 +36,7 @@ from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler, default_num_workers  # noqa: E402
 
 ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v1", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v1",
-           "ant_vel": "maml_tf/AntVel-v1", "ant_dir": "maml_tf/AntDir-v1", "navigation": "maml_tf/Navigation2D-v0"}
+           "ant_vel": "maml_tf/AntVel-v1", "ant_dir": "maml_tf/AntDir-v1", "navigation": "maml_tf/Navigation2D-v1"}
 
 flags.DEFINE_enum("task", "halfcheetah_vel", sorted(ENV_IDS), "Environment family.")
 flags.DEFINE_integer("num_tasks", 40, "Meta-batch size (paper: 40).", lower_bound=1)

@@ -22,8 +22,12 @@ whose results the paper reports (``TEST_PROTOCOL``): every step samples 4000 env
 task (40 rollouts of 100 steps for navigation, 20 of 200 for locomotion; 8000 steps, 40 rollouts,
 for ant forward/backward); the first step size is per method (MAML: its meta-training inner lr;
 pretrained and random: the authors' values, e.g. 0.02 and 0.1 for half-cheetah velocity), later steps
-take half of it (a hundredth for ant forward/backward). ``--rollouts_per_task`` and ``--test_lr``
-override the protocol for every method. Writes results/rl/<task>/metrics.json and figure_returns.png.
+take half of it (a hundredth for ant forward/backward). Like the authors' sampler, a step's batch is
+a budget of rollouts x horizon environment steps per task in whole episodes, so where episodes end
+early (navigation near the goal, a falling ant) more episodes are sampled (``--batch_by``; default:
+what the MAML run was trained with, ``episodes`` for runs that predate the option, so committed
+results re-evaluate to their numbers). ``--rollouts_per_task`` and ``--test_lr`` override the
+protocol for every method. Writes results/rl/<task>/metrics.json and figure_returns.png.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ flags.DEFINE_integer("rollouts_per_task", None, "Rollouts per task for each step
                      "protocol, 4000 environment steps: 40 for navigation, 20 for locomotion).")
 flags.DEFINE_float("test_lr", None, "First test step size for every method (default: per method, TEST_PROTOCOL); "
                    "later steps use the protocol's fraction of it.")
+flags.DEFINE_enum("batch_by", None, maml_trpo.BATCH_BY, "steps: each step's batch is at least rollouts x horizon "
+                  "environment steps per task in whole episodes (the authors' test scripts); episodes: exactly "
+                  "rollouts_per_task episodes. Default: the MAML run's setting (episodes if it has none).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
 flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
@@ -173,6 +180,7 @@ def main(argv):
     maml_lr = maml_run.get("inner_lr", preset.inner_lr)
     horizon = maml_run.get("horizon", preset.horizon)
     rollouts = FLAGS.rollouts_per_task or TEST_PROTOCOL[task].rollouts
+    batch_by = FLAGS.batch_by or maml_run.get("batch_by", "episodes")
     lrs = {m: step_sizes(task, m, maml_lr, FLAGS.steps) for m in FLAGS.methods}
     t0 = time.time()
     results, training, skipped = {}, {}, []
@@ -208,7 +216,7 @@ def main(argv):
             steps = 0 if method == "oracle" else FLAGS.steps
             t = time.time()
             per_task = maml_trpo.adaptation_returns(model, sampler, tasks, steps, lrs[method] or [0.0], rollouts,
-                                                    seed=FLAGS.seed)
+                                                    seed=FLAGS.seed, restart=batch_by == "steps")
         results[method] = summarize(per_task)
         shown = "  ".join(f"{v:8.2f} ± {e:.2f}" for v, e in zip(results[method]["returns"], results[method]["stderr"]))
         print(f"{method:<11} {shown}   ({time.time() - t:.0f}s)", flush=True)
@@ -222,6 +230,7 @@ def main(argv):
         "config": {"task": task, "env_id": env_ids["maml"], "oracle_env_id": env_ids["oracle"],
                    "env_ids": {m: env_ids[m] for m in results},
                    "num_tasks": FLAGS.num_tasks, "steps": FLAGS.steps, "rollouts_per_task": rollouts,
+                   "batch_by": batch_by,
                    "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
                    "checkpoint": FLAGS.checkpoint, "methods": FLAGS.methods,
                    "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
@@ -234,7 +243,10 @@ def main(argv):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "tensorflow": tf.__version__, "keras": keras.__version__},
         "command": " ".join(["python", "rl/evaluate.py"] + sys.argv[1:]),
-        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {rollouts} rollouts per task per step; "
+        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); "
+                     + (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes; "
+                        if batch_by == "steps" else f"{rollouts} rollouts per task per step; ")
+                     + 
                      f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "
                      f"stderr = std over tasks / sqrt(num_tasks); step sizes per method in config.test_lrs "
                      f"(the authors' test scripts unless overridden)"),

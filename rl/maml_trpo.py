@@ -74,6 +74,7 @@ from rl import baselines, policies, trpo
 from rl.sampler import Episodes, Sampler
 
 CURVATURES = ("gauss_newton", "exact")
+BATCH_BY = ("steps", "episodes")
 BASELINES = ("per_task", "previous_task")
 
 
@@ -113,6 +114,9 @@ class Config:
     hvp_subsample: float = 0.2      # fraction of each task's post-update rollouts used for F (gauss_newton)
     layout: str = "vectorized"
     baseline: str = "per_task"      # or "previous_task": rllab's order, as the authors' code ran it
+    batch_by: str = "steps"         # "steps": >= rollouts x horizon steps per task, episodes that end early
+                                    # are followed by new ones (the authors' samplers); "episodes": exactly
+                                    # rollouts_per_task episodes per task
 
     def __post_init__(self):
         if self.inner_steps not in (0, 1):
@@ -126,6 +130,8 @@ class Config:
             raise ValueError("rollouts_per_task and max_kl must be positive and inner_lr non-negative.")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
+        if self.batch_by not in BATCH_BY:
+            raise ValueError(f"batch_by must be one of {BATCH_BY}, got {self.batch_by!r}.")
         if self.layout not in maml.LAYOUTS:
             raise ValueError(f"layout must be one of {maml.LAYOUTS}, got {self.layout!r}.")
 
@@ -175,18 +181,23 @@ def subsample_rollouts(data, rollouts: int, keep: int):
     return tf.nest.map_structure(cut, data)
 
 
-def curvature_rollouts(config: Config) -> int:
-    """Post-update rollouts per task that enter the KL curvature (all of them for ``"exact"``)."""
+def curvature_rollouts(config: Config, rollouts: int | None = None) -> int:
+    """Post-update rollouts per task that enter the KL curvature (all of them for ``"exact"``), of
+    ``rollouts`` in the batch (default ``config.rollouts_per_task``; more with ``batch_by="steps"``
+    when episodes end early)."""
+    rollouts = config.rollouts_per_task if rollouts is None else int(rollouts)
     if config.curvature == "exact":
-        return config.rollouts_per_task
-    return max(1, int(math.ceil(config.hvp_subsample * config.rollouts_per_task)))
+        return rollouts
+    return max(1, int(math.ceil(config.hvp_subsample * rollouts)))
 
 
-def curvature_inputs(config: Config, pre, post, old):
-    """``(pre, post, old)`` for the curvature products: the post-update rollouts and their old policy
-    subsampled to ``curvature_rollouts(config)`` per task; the pre-update rollouts whole, because the
+def curvature_inputs(config: Config, pre, post, old, rollouts: int | None = None):
+    """``(pre, post, old)`` for the curvature products: the post-update rollouts (``rollouts`` per
+    task, padded; default ``config.rollouts_per_task``) and their old policy subsampled to
+    ``curvature_rollouts(config, rollouts)`` per task; the pre-update rollouts whole, because the
     inner step (and so J_i) must be the one that produced the adapted policies (module docstring)."""
-    post_c, old_c = subsample_rollouts((post, old), config.rollouts_per_task, curvature_rollouts(config))
+    rollouts = config.rollouts_per_task if rollouts is None else int(rollouts)
+    post_c, old_c = subsample_rollouts((post, old), rollouts, curvature_rollouts(config, rollouts))
     return pre, post_c, old_c
 
 
@@ -354,8 +365,9 @@ class MAMLTRPO:
         times = {"sampling_s": 0.0, "inner_s": 0.0, "trpo_s": 0.0}
 
         t0 = time.perf_counter()
+        restart = c.batch_by == "steps"
         pre_eps = self.sampler.sample(tasks, self.policy_fn(weights, np.random.default_rng([seed, 0])),
-                                      c.rollouts_per_task, seed=seed)
+                                      c.rollouts_per_task, seed=seed, restart=restart)
         times["sampling_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         pre = self._data(pre_eps)
@@ -365,7 +377,7 @@ class MAMLTRPO:
             times["inner_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             post_eps = self.sampler.sample(tasks, self.policy_fn(fast, np.random.default_rng([seed, 1]), per_task=True),
-                                           c.rollouts_per_task, seed=seed + 1)
+                                           c.rollouts_per_task, seed=seed + 1, restart=restart)
             times["sampling_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             post = self._data(post_eps)
@@ -376,7 +388,7 @@ class MAMLTRPO:
             times["inner_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         old = obj.old_policy(fast, post)
-        pre_c, post_c, old_c = curvature_inputs(c, pre, post, old)
+        pre_c, post_c, old_c = curvature_inputs(c, pre, post, old, rollouts=post_eps.rollouts_per_task)
 
         parts = {"gradient_s": 0.0, "hvp_s": 0.0, "line_search_s": 0.0}
 
@@ -425,10 +437,13 @@ class MAMLTRPO:
 def adaptation_returns(model: keras.Model, sampler: Sampler, tasks: Sequence, steps: int,
                        inner_lr: maml.LearningRate, rollouts_per_task: int, seed: int,
                        discount: float = 0.99, gae_lambda: float = 1.0, normalize_advantages: bool = True,
-                       layout: str = "vectorized", weights: Weights | None = None) -> np.ndarray:
+                       layout: str = "vectorized", weights: Weights | None = None,
+                       restart: bool = False) -> np.ndarray:
     """``[num_tasks, steps + 1]`` average undiscounted returns of each task's rollouts before
     adaptation and after each of ``steps`` policy-gradient steps, each step computed from fresh
-    rollouts of the current adapted policy (step s uses ``maml.step_size(inner_lr, s)``)."""
+    rollouts of the current adapted policy (step s uses ``maml.step_size(inner_lr, s)``). With
+    ``restart``, each batch is a step budget of ``rollouts_per_task`` x horizon per task
+    (``Sampler.sample``), as the authors' test scripts sampled."""
     weights = get_weights(model) if weights is None else weights
     task_loss = reinforce_loss(model)
     policy_fn = policies.make_policy_fn(model)
@@ -443,8 +458,8 @@ def adaptation_returns(model: keras.Model, sampler: Sampler, tasks: Sequence, st
     returns = np.zeros((len(tasks), steps + 1))
     for s in range(steps + 1):
         episodes = sampler.sample(tasks, policy_fn(fast, np.random.default_rng([seed, s]), per_task=True),
-                                  rollouts_per_task, seed=seed + s)
-        returns[:, s] = episodes.returns().mean(axis=1)
+                                  rollouts_per_task, seed=seed + s, restart=restart)
+        returns[:, s] = episodes.task_returns()
         if s < steps:
             data = policy_data(episodes, discount, gae_lambda, normalize_advantages, dtype=dtype)
             fast = update(fast, data, tf.constant(maml.step_size(inner_lr, s), dtype=dtype))

@@ -19,9 +19,18 @@ Workers are started with multiprocessing's "spawn" method (safe next to TensorFl
 a script that creates a Sampler needs the usual ``if __name__ == "__main__":`` guard (absl's
 ``app.run(main)`` idiom has it).
 
-Reproducibility: episode r of task m is reset with the seed ``rollout_seed(seed, m, r)``, and
-MuJoCo is deterministic, so the same (tasks, policy, seed) gives identical episodes whatever the
-number of workers.
+With ``restart=True`` a batch is a step budget instead, as in the authors' rllab samplers (which
+collect ``rollouts x horizon`` environment steps per task in whole episodes): each of a task's R
+"slots" starts a new episode when its episode ends before lockstep time T, and episodes under way at
+time T run to their end; so a task gets at least R*T steps, and more than R episodes when episodes
+end early (2D navigation after adaptation). The episode axis of the result is then padded to the
+largest count over tasks (padding episodes have length 0; ``Episodes.valid``). Without early ends
+(the half-cheetah) both modes give the same episodes.
+
+Reproducibility: episode j of task m is reset with the seed ``rollout_seed(seed, m, j)`` (episodes
+0..R-1 are the slots' first ones, later ones are numbered in the order they start), and MuJoCo is
+deterministic, so the same (tasks, policy, seed) gives identical episodes whatever the number of
+workers.
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ class Episodes:
     """Padded episodes of M tasks x R rollouts x T steps (T = horizon).
 
     Steps after an episode's end have mask 0 and zeros in obs, actions, rewards and infos.
-    ``actions`` are as returned by the policy (before the environment clips them).
+    ``actions`` are as returned by the policy (before the environment clips them). With
+    ``Sampler.sample(..., restart=True)`` tasks may hold different numbers of episodes: the episode
+    axis is padded with empty episodes (length 0, mask 0; ``valid`` is False for them).
     """
 
     obs: np.ndarray         # [M, R, T, obs_dim]  observation at step t (the policy's input)
@@ -75,12 +86,23 @@ class Episodes:
         """Environment steps taken in total."""
         return int(self.lengths.sum())
 
+    @property
+    def valid(self) -> np.ndarray:
+        """[M, R] bool: True for the episodes that exist (False for padding)."""
+        return self.lengths > 0
+
     def returns(self) -> np.ndarray:
-        """Undiscounted return of each episode, [M, R]."""
+        """Undiscounted return of each episode, [M, R] (0 for padding episodes)."""
         return self.rewards.sum(axis=-1)
 
+    def task_returns(self) -> np.ndarray:
+        """[M] mean undiscounted return of each task's episodes."""
+        valid = self.valid
+        return (self.returns() * valid).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+
     def average_return(self) -> float:
-        return float(self.returns().mean())
+        """Mean undiscounted return over all episodes of all tasks (rllab's AverageReturn)."""
+        return float(self.returns()[self.valid].mean())
 
 
 def rollout_seed(seed: int, task_index: int, rollout_index: int) -> int:
@@ -97,13 +119,14 @@ class _EnvGroup:
         self._info_keys = info_keys
         self._envs = []
         self._obs = None
-        self._alive = np.zeros(0, dtype=bool)
 
     def run(self, command: str, arg):
         if command == "reset":
             return self.reset(*arg)
         if command == "step":
-            return self.step(arg)
+            return self.step(*arg)
+        if command == "restart":
+            return self.restart(*arg)
         if command == "reserve":
             return self.reserve(arg)
         raise ValueError(f"Unknown command {command!r}.")
@@ -124,21 +147,27 @@ class _EnvGroup:
                 obs = np.empty((n, ob.shape[0]), dtype=np.float64)
             obs[i] = ob
         self._obs = obs
-        self._alive = np.ones(n, dtype=bool)
         return obs
 
-    def step(self, actions: np.ndarray):
-        n = len(self._alive)
+    def restart(self, indices: Sequence[int], tasks: Sequence, seeds: Sequence[int]) -> np.ndarray:
+        """Resets the envs at `indices` (of this group) for new episodes; their observations."""
+        for i, task, seed in zip(indices, tasks, seeds):
+            env = self._envs[i]
+            env.set_task(task)
+            self._obs[i], _ = env.reset(seed=int(seed))
+        return self._obs[list(indices)]
+
+    def step(self, actions: np.ndarray, active: np.ndarray):
+        """Steps the envs whose episode is under way (`active`, as the sampler knows it)."""
+        n = len(self._obs)
         rewards = np.zeros(n)
         terminated = np.zeros(n, dtype=bool)
         infos = np.zeros((n, len(self._info_keys)))
         obs, envs, keys = self._obs, self._envs, self._info_keys
-        for i in np.flatnonzero(self._alive):
+        for i in np.flatnonzero(active):
             ob, rewards[i], term, _, info = envs[i].step(actions[i])
             obs[i] = ob
-            if term:
-                terminated[i] = True
-                self._alive[i] = False
+            terminated[i] = term
             for k, key in enumerate(keys):
                 infos[i, k] = info[key]
         return obs, rewards, terminated, infos
@@ -258,8 +287,10 @@ class Sampler:
         return self.env_class.sample_tasks(n, rng)
 
     def sample(self, tasks: Sequence, policy_fn: PolicyFn, rollouts_per_task: int,
-               seed: int) -> Episodes:
-        """Runs `rollouts_per_task` episodes of each task in `tasks` to the horizon or their end."""
+               seed: int, restart: bool = False) -> Episodes:
+        """Runs `rollouts_per_task` episodes of each task in `tasks` to the horizon or their end;
+        with `restart`, a budget of at least `rollouts_per_task` x horizon steps per task in whole
+        episodes (module docstring)."""
         if self._closed:
             raise RuntimeError("This Sampler is closed.")
         family = self.env_class.family
@@ -276,6 +307,8 @@ class Sampler:
         obs = np.empty((N, d))
         for part, ob in self._run("reset", N, lambda part: (env_tasks[part], seeds[part])):
             obs[part] = ob
+        if restart:
+            return self._sample_restarting(tasks, policy_fn, R, int(seed), obs)
 
         out_obs = np.zeros((N, T, d), self.dtype)
         out_act = np.zeros((N, T, k), self.dtype)
@@ -291,7 +324,7 @@ class Sampler:
             actions = self._call_policy(policy_fn, obs.astype(self.dtype).reshape(M, R, d), M, R)
             out_act[alive, t] = actions[alive]
             ended = np.zeros(N, bool)
-            for part, (ob, rew, term, inf) in self._run("step", N, lambda part: actions[part]):
+            for part, (ob, rew, term, inf) in self._run("step", N, lambda part: (actions[part], alive[part])):
                 obs[part] = ob
                 rewards[part, t] = rew
                 ended[part] = term
@@ -308,6 +341,95 @@ class Sampler:
             lengths=lengths.reshape(M, R), terminated=terminated.reshape(M, R),
             final_obs=obs.astype(self.dtype).reshape(M, R, d), tasks=np.asarray(tasks),
             infos={key: infos[i].reshape(M, R, T) for i, key in enumerate(self.info_keys)})
+
+    def _sample_restarting(self, tasks: list, policy_fn: PolicyFn, R: int, seed: int, obs: np.ndarray) -> Episodes:
+        """``sample(..., restart=True)`` after the first reset: slots run episodes back to back on a
+        timeline of up to 2T - 1 lockstep steps, then the episodes are packed per task."""
+        M, T, d, k = len(tasks), self.horizon, self.obs_dim, self.act_dim
+        N, K, L = M * R, len(self.info_keys), 2 * T - 1
+        tl_obs = np.zeros((N, L, d), self.dtype)
+        tl_act = np.zeros((N, L, k), self.dtype)
+        tl_rew = np.zeros((N, L), self.dtype)
+        tl_inf = np.zeros((K, N, L), self.dtype)
+        # per slot: (episode index within its task, start time, end time, terminated, final obs)
+        done_eps: list[list[tuple]] = [[] for _ in range(N)]
+        current = [(i % R, 0) for i in range(N)]  # (episode index, start time) of the running episode
+        next_index = [R] * M
+        alive = np.ones(N, bool)
+        steps_in_episode = np.zeros(N, np.int64)
+        t = 0
+        while alive.any():
+            tl_obs[alive, t] = obs[alive]
+            actions = self._call_policy(policy_fn, obs.astype(self.dtype).reshape(M, R, d), M, R)
+            tl_act[alive, t] = actions[alive]
+            ended = np.zeros(N, bool)
+            for part, (ob, rew, term, inf) in self._run("step", N, lambda part: (actions[part], alive[part])):
+                obs[part] = ob
+                tl_rew[part, t] = rew
+                ended[part] = term
+                tl_inf[:, part, t] = inf.T
+            steps_in_episode += alive
+            finished = alive & (ended | (steps_in_episode == T))
+            t += 1
+            for i in np.flatnonzero(finished):
+                j, start = current[i]
+                done_eps[i].append((j, start, t, bool(ended[i]), obs[i].copy()))
+            alive &= ~finished
+            again = np.flatnonzero(finished) if t < T else np.zeros(0, np.int64)
+            if len(again):
+                new_tasks, new_seeds = [], []
+                for i in again:
+                    m = i // R
+                    current[i] = (next_index[m], t)
+                    new_tasks.append(tasks[m])
+                    new_seeds.append(rollout_seed(seed, m, next_index[m]))
+                    next_index[m] += 1
+                obs[again] = self._restart(again, new_tasks, new_seeds)
+                alive[again] = True
+                steps_in_episode[again] = 0
+
+        E = max(next_index)
+        out_obs = np.zeros((M, E, T, d), self.dtype)
+        out_act = np.zeros((M, E, T, k), self.dtype)
+        rewards = np.zeros((M, E, T), self.dtype)
+        mask = np.zeros((M, E, T), self.dtype)
+        infos = np.zeros((K, M, E, T), self.dtype)
+        lengths = np.zeros((M, E), np.int32)
+        terminated = np.zeros((M, E), bool)
+        final_obs = np.zeros((M, E, d), self.dtype)
+        for i in range(N):
+            m = i // R
+            for j, start, end, term, last in done_eps[i]:
+                n = end - start
+                out_obs[m, j, :n] = tl_obs[i, start:end]
+                out_act[m, j, :n] = tl_act[i, start:end]
+                rewards[m, j, :n] = tl_rew[i, start:end]
+                infos[:, m, j, :n] = tl_inf[:, i, start:end]
+                mask[m, j, :n] = 1.0
+                lengths[m, j], terminated[m, j], final_obs[m, j] = n, term, last
+        return Episodes(obs=out_obs, actions=out_act, rewards=rewards, mask=mask, lengths=lengths,
+                        terminated=terminated, final_obs=final_obs, tasks=np.asarray(tasks),
+                        infos={key: infos[i] for i, key in enumerate(self.info_keys)})
+
+    def _restart(self, indices: np.ndarray, tasks: list, seeds: list) -> np.ndarray:
+        """Resets the envs at global `indices` for new episodes; their observations, in that order."""
+        if self._group is not None:
+            return self._group.run("restart", (list(indices), tasks, seeds))
+        w = max(self.num_workers, 1)
+        by_worker: dict[int, list[int]] = {}
+        for pos, g in enumerate(indices):
+            by_worker.setdefault(int(g) % w, []).append(pos)
+        out = np.empty((len(indices), self.obs_dim))
+        try:
+            for worker, positions in by_worker.items():
+                self._conns[worker].send(("restart", ([int(indices[p]) // w for p in positions],
+                                                      [tasks[p] for p in positions], [seeds[p] for p in positions])))
+            for worker, positions in by_worker.items():
+                out[positions] = self._receive(self._conns[worker])
+        except BaseException:
+            self.close()
+            raise
+        return out
 
     # ----------------------------------------------------------------------------------------------
     def _call_policy(self, policy_fn: PolicyFn, obs: np.ndarray, M: int, R: int) -> np.ndarray:

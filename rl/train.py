@@ -67,7 +67,7 @@ class Preset:
 # runs made with gymnasium's conventions (-v0) record that env id in their config.json, which
 # rl/evaluate.py follows.
 PRESETS = {
-    "navigation": Preset("maml_tf/Navigation2D-v0", "maml_tf/Navigation2DOracle-v0", 20, 100, 0.5, iterations=100),
+    "navigation": Preset("maml_tf/Navigation2D-v1", "maml_tf/Navigation2DOracle-v1", 20, 100, 0.5, iterations=100),
     "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v1", "maml_tf/HalfCheetahVelOracle-v1", 40, 200, 0.1),
     "halfcheetah_dir": Preset("maml_tf/HalfCheetahDir-v1", "maml_tf/HalfCheetahDirOracle-v1", 40, 200, 0.1),
     "ant_vel": Preset("maml_tf/AntVel-v1", "maml_tf/AntVelOracle-v1", 40, 200, 0.1),
@@ -99,6 +99,11 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_enum("baseline", "per_task", maml_trpo.BASELINES,
                       "per_task: the linear baseline is fitted to each task's own episodes; previous_task: rllab's "
                       "order, as the authors' code ran it (each task's values from the fit on the task before it).")
+    flags.DEFINE_enum("batch_by", "steps", maml_trpo.BATCH_BY,
+                      "steps: each task's batch is at least rollouts_per_task x horizon environment steps in whole "
+                      "episodes, an episode that ends early being followed by a new one (the authors' rllab samplers; "
+                      "matters where episodes end early: navigation, ant); episodes: exactly rollouts_per_task "
+                      "episodes per task. Runs that predate this flag resume with 'episodes'.")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
     flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "How per-task computations are laid out.")
     flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
@@ -119,7 +124,7 @@ def define_flags(preset: Preset) -> None:
 
 # Settings that a resumed run must share with the run in its log directory.
 MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
-              "first_order", "normalize_advantages", "baseline")
+              "first_order", "normalize_advantages", "baseline", "batch_by")
 
 
 def settings(task: str) -> dict:
@@ -138,6 +143,7 @@ def settings(task: str) -> dict:
         "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "cg_iterations": FLAGS.cg_iterations,
         "cg_damping": FLAGS.cg_damping, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
         "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout, "baseline": FLAGS.baseline,
+        "batch_by": FLAGS.batch_by,
         "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
         "seed": FLAGS.seed,
         "logdir": FLAGS.logdir or os.path.join("results", "rl", task, method),
@@ -150,7 +156,8 @@ def learner_config(s: dict) -> maml_trpo.Config:
         first_order=s["first_order"], max_kl=s["max_kl"], cg_iterations=s["cg_iterations"],
         cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
         normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
-        hvp_subsample=s["hvp_subsample"], layout=s["layout"], baseline=s.get("baseline", "per_task"))
+        hvp_subsample=s["hvp_subsample"], layout=s["layout"], baseline=s.get("baseline", "per_task"),
+        batch_by=s.get("batch_by", "episodes"))
 
 
 def build_policy(sampler: Sampler, seed: int) -> keras.Model:
@@ -197,9 +204,23 @@ def _start_iteration(logdir: str) -> int:
     return int(path.rsplit("-", 1)[1]) if path else 0
 
 
+def _recorded_config(logdir: str) -> dict:
+    path = os.path.join(logdir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def train_task(task: str) -> dict:
     s = settings(task)
     logdir = s["logdir"]
+    recorded = _recorded_config(logdir)
+    if recorded and "batch_by" not in recorded:
+        if FLAGS["batch_by"].present and FLAGS.batch_by != "episodes":
+            raise ValueError(f"{logdir} holds a run from before --batch_by, which sampled by episodes; "
+                             f"resume it without --batch_by or use another --logdir.")
+        s["batch_by"] = "episodes"  # what the run was trained with
     check_config(logdir, s, MODEL_KEYS)
     config = learner_config(s)
     name = f"{task}/{s['method']}"

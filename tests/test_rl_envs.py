@@ -95,6 +95,19 @@ def test_navigation_reward_and_episode_ends_at_the_goal():
     assert step + 1 == 5  # max(|0.3|, |0.45|) / 0.1 rounded up
 
 
+@pytest.mark.parametrize("env_id,ends", [("maml_tf/Navigation2D-v0", False), ("maml_tf/Navigation2D-v1", True)])
+def test_navigation_goal_region_is_a_disc_in_v0_and_the_authors_box_in_v1(env_id, ends):
+    # One full-speed step to (0.1, 0) leaves offsets of 0.009 on both axes from the goal: inside the
+    # box |dx|, |dy| < 0.01 (the authors' environment), outside the disc |d| < 0.01 (0.0127 away).
+    env = rl.envs.make(env_id, task=[0.109, 0.009])
+    env.reset(seed=0)
+    _, reward, terminated, _, _ = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert reward == pytest.approx(-np.hypot(0.009, 0.009))
+    assert terminated == ends
+    with pytest.raises(ValueError, match="goal_region"):
+        rl.envs.make_raw("maml_tf/Navigation2D-v0", goal_region="square")
+
+
 def test_navigation_random_walk_is_truncated_at_100_steps_and_clips_actions():
     env = rl.envs.make("maml_tf/Navigation2D-v0", normalized_actions=False, task=[0.5, 0.5])
     env.reset(seed=0)

@@ -29,6 +29,8 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at iteration 2" in resumed.stdout and "3/3" in resumed.stdout
     assert json.loads((tmp_path / "maml" / "training.json").read_text())["iterations"] == 3
+    config = json.loads((tmp_path / "maml" / "config.json").read_text())
+    assert config["batch_by"] == "steps" and config["env_id"] == "maml_tf/Navigation2D-v1"
 
     ev = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml,random",
              "--num_tasks=3", "--rollouts_per_task=2", "--num_workers=0")
@@ -42,7 +44,21 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
         assert all(-1500.0 < x < 0 for x in r["returns"])  # 100 rewards of minus a distance below 0.71 + 14.2
     # the authors' test protocol: MAML steps with its training inner lr (0.5), then half of it
     assert m["config"]["test_lrs"] == {"maml": [0.5, 0.25, 0.25], "random": [0.5, 0.25, 0.25]}
+    assert m["config"]["batch_by"] == "steps"  # the MAML run's setting
     assert (tmp_path / "figure_returns.png").stat().st_size > 0
+
+
+def test_a_run_from_before_batch_by_resumes_sampling_by_episodes(tmp_path):
+    logdir = tmp_path / "maml"
+    assert run("rl/train_navigation.py", *TINY, "--iterations=1", f"--logdir={logdir}").returncode == 0
+    config = json.loads((logdir / "config.json").read_text())
+    del config["batch_by"]  # as written before the option existed
+    (logdir / "config.json").write_text(json.dumps(config))
+    refused = run("rl/train_navigation.py", *TINY, "--iterations=2", "--batch_by=steps", f"--logdir={logdir}")
+    assert refused.returncode != 0 and "sampled by episodes" in refused.stderr
+    resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["batch_by"] == "episodes"
 
 
 @pytest.mark.parametrize("script,args,message", [

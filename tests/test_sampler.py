@@ -136,3 +136,73 @@ def test_unknown_env_id_and_info_key_raise_value_error():
         Sampler("maml_tf/Nope-v0", num_workers=0)
     with pytest.raises(ValueError, match="info_keys"):
         Sampler(NAV, num_workers=0, info_keys=("nope",))
+
+
+# --- restart=True: a step budget per task, as the authors' rllab samplers --------------------------
+
+def _nav_policy(goals, speeds):
+    """Slot r of task m moves toward goal m at speeds[r] of full speed (0: stands still, never ends)."""
+    speeds = np.asarray(speeds, dtype=float)
+
+    def policy(obs):
+        return np.clip((goals[:, None, :] - obs) / 0.1, -1, 1) * speeds[None, :, None]
+    return policy
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_restart_fills_each_slot_with_episodes_until_the_horizon(num_workers):
+    goals = np.array([[0.3, -0.2], [-0.45, 0.05]])  # reached in 3 and 5 full-speed steps
+    with Sampler("maml_tf/Navigation2D-v1", num_workers=num_workers) as sampler:
+        episodes = sampler.sample(goals, _nav_policy(goals, [1.0, 0.0]), rollouts_per_task=2, seed=3, restart=True)
+    T = 100
+    # Slot 0 of task 0 ends every episode after 3 steps: episodes start at 0, 3, ..., 99 -> 34 episodes,
+    # the last one running on past T; task 1's slot 0 after 5 steps: 20 episodes; slot 1 never ends.
+    counts = episodes.valid.sum(axis=1)
+    np.testing.assert_array_equal(counts, [34 + 1, 20 + 1])
+    assert episodes.rollouts_per_task == 35 and not episodes.valid[1, 21:].any()
+    # Index 1 is slot 1's only episode (episodes 0..R-1 are the slots' first), the rest slot 0's restarts.
+    assert episodes.lengths[0, 1] == T and not episodes.terminated[0, 1]
+    np.testing.assert_array_equal(episodes.lengths[0, [0] + list(range(2, 35))], 3)
+    np.testing.assert_array_equal(episodes.lengths[1, [0] + list(range(2, 21))], 5)
+    assert episodes.terminated[episodes.valid & (episodes.lengths < T)].all()
+    # Every task gets at least R x T steps, in whole episodes.
+    assert (episodes.lengths.sum(axis=1) >= 2 * T).all()
+    np.testing.assert_array_equal(episodes.lengths, episodes.mask.sum(-1))
+    # Each restarted episode starts again at the origin and earns minus the distance after each move.
+    for m in range(2):
+        for j in np.flatnonzero(episodes.valid[m]):
+            n = episodes.lengths[m, j]
+            np.testing.assert_allclose(episodes.obs[m, j, 0], 0.0)
+            positions = np.cumsum(np.clip(0.1 * episodes.actions[m, j, :n], -0.1, 0.1), axis=0)
+            np.testing.assert_allclose(episodes.rewards[m, j, :n], -np.linalg.norm(positions - goals[m], axis=-1), atol=1e-6)
+    # Averages count real episodes only.
+    returns = episodes.returns()
+    expected = [returns[m][episodes.valid[m]].mean() for m in range(2)]
+    np.testing.assert_allclose(episodes.task_returns(), expected)
+    assert episodes.average_return() == pytest.approx(returns[episodes.valid].mean())
+    assert episodes.average_return() != pytest.approx(returns.mean())
+
+
+def test_restart_changes_nothing_when_no_episode_ends_early(cheetah_sampler):
+    tasks = cheetah_sampler.sample_tasks(2, np.random.default_rng(4))
+    a = cheetah_sampler.sample(tasks, gaussian_policy(6, seed=2), rollouts_per_task=3, seed=5)
+    b = cheetah_sampler.sample(tasks, gaussian_policy(6, seed=2), rollouts_per_task=3, seed=5, restart=True)
+    for field in ("obs", "actions", "rewards", "mask", "lengths", "terminated", "final_obs"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    np.testing.assert_array_equal(a.infos["x_velocity"], b.infos["x_velocity"])
+
+
+def test_restarted_episodes_use_their_own_seeds_whatever_the_worker_count():
+    goals = np.array([[0.2, 0.1], [-0.1, 0.3], [0.05, -0.05]])
+
+    def noisy(seed):
+        rng = np.random.default_rng(seed)
+        base = _nav_policy(goals, [1.0, 0.6, 0.3])
+        return lambda obs: base(obs) + 0.3 * rng.normal(size=obs.shape)
+    runs = []
+    for workers in (0, 2):
+        with Sampler("maml_tf/Navigation2D-v1", num_workers=workers, horizon=30) as sampler:
+            runs.append(sampler.sample(goals, noisy(0), rollouts_per_task=3, seed=11, restart=True))
+    np.testing.assert_array_equal(runs[0].lengths, runs[1].lengths)
+    np.testing.assert_array_equal(runs[0].rewards, runs[1].rewards)
+    assert (runs[0].valid.sum(axis=1) > 3).all()

@@ -6,13 +6,16 @@
     maml_tf/HalfCheetahDir-v0             HalfCheetahDirEnv   direction +1 / -1      200
     maml_tf/AntVel-v0                     AntVelEnv           velocity in [0, 3]     200
     maml_tf/AntDir-v0                     AntDirEnv           direction +1 / -1      200
+    maml_tf/Navigation2D-v1               Navigation2DEnv     goal in [-0.5, 0.5]^2  100
     maml_tf/HalfCheetahVel-v1             HalfCheetahVelEnv   velocity in [0, 2]     200
     maml_tf/HalfCheetahDir-v1             HalfCheetahDirEnv   direction +1 / -1      200
     maml_tf/AntVel-v1                     AntVelEnv           velocity in [0, 3]     200
     maml_tf/AntDir-v1                     AntDirEnv           direction +1 / -1      200
 
-The ``-v1`` ids follow the authors' (rllab) environments, which the training presets use
-(``convention="rllab"``, details in rl/envs/locomotion.py): one physics step per action (0.01 s for
+The ``-v1`` ids follow the authors' (rllab) environments, which the training presets use. For
+navigation that is the goal region: a box of half-width 0.01 around the goal ends the episode
+(``goal_region="box"``), where ``-v0`` uses a disc of radius 0.01 (rl/envs/navigation.py). For the
+locomotion tasks it is ``convention="rllab"`` (details in rl/envs/locomotion.py): one physics step per action (0.01 s for
 the half-cheetah, whose gymnasium v5 takes five; 0.02 s for the ant, five of 0.01 s in v5), rllab's
 observations (with the torso subtree's centre of mass), that centre of mass's velocity as the
 forward velocity, Gaussian reset noise, and for the ant rllab's initial pose and reward constants.
@@ -47,6 +50,8 @@ _SPECS = {}
 for _name, (_cls, _horizon) in _FAMILIES.items():
     _SPECS[f"maml_tf/{_name}-v0"] = (_cls, _horizon, {})
     _SPECS[f"maml_tf/{_name}Oracle-v0"] = (_cls, _horizon, {"oracle": True})
+_SPECS["maml_tf/Navigation2D-v1"] = (Navigation2DEnv, 100, {"goal_region": "box"})
+_SPECS["maml_tf/Navigation2DOracle-v1"] = (Navigation2DEnv, 100, {"goal_region": "box", "oracle": True})
 for _name in ("HalfCheetahVel", "HalfCheetahDir", "AntVel", "AntDir"):
     _cls, _horizon = _FAMILIES[_name]
     _SPECS[f"maml_tf/{_name}-v1"] = (_cls, _horizon, {"convention": "rllab"})
