@@ -60,8 +60,9 @@ class Preset:
 # the paper's text:
 #  - inner lr 0.5 (the text says 0.1 for all tasks); their test script then steps 0.5, 0.25, 0.25;
 #  - 100 iterations for MAML, the pretrained policy and the oracle (the text says up to 500).
-#    results/rl/navigation (100 iterations) and results/rl/navigation_500it hold the measured returns;
-#    the longer MAML run specialises in the single trained step (README, "Reinforcement learning").
+#    results/rl/navigation (100 iterations) holds the measured returns; results/rl/navigation_500it
+#    (older settings) shows the longer MAML run specialising in the single trained step (README);
+#  - their environment's goal box (Navigation2D-v1) and their samplers' step budget (--batch_by=steps).
 # Pass --inner_lr=0.1 / --iterations=500 for the text's values.
 # The locomotion presets use the authors' rllab half-cheetah and ant (the -v1 ids, rl/envs/__init__.py);
 # runs made with gymnasium's conventions (-v0) record that env id in their config.json, which
