@@ -319,16 +319,8 @@ class Sampler:
         terminated = np.zeros(N, bool)
         alive = np.ones(N, bool)
         for t in range(T):
-            out_obs[alive, t] = obs[alive]
             mask[:, t] = alive
-            actions = self._call_policy(policy_fn, obs.astype(self.dtype).reshape(M, R, d), M, R)
-            out_act[alive, t] = actions[alive]
-            ended = np.zeros(N, bool)
-            for part, (ob, rew, term, inf) in self._run("step", N, lambda part: (actions[part], alive[part])):
-                obs[part] = ob
-                rewards[part, t] = rew
-                ended[part] = term
-                infos[:, part, t] = inf.T
+            ended = self._lockstep_step(policy_fn, obs, alive, t, M, R, (out_obs, out_act, rewards, infos))
             lengths += alive
             terminated |= ended & alive
             alive &= ~ended
@@ -359,15 +351,7 @@ class Sampler:
         steps_in_episode = np.zeros(N, np.int64)
         t = 0
         while alive.any():
-            tl_obs[alive, t] = obs[alive]
-            actions = self._call_policy(policy_fn, obs.astype(self.dtype).reshape(M, R, d), M, R)
-            tl_act[alive, t] = actions[alive]
-            ended = np.zeros(N, bool)
-            for part, (ob, rew, term, inf) in self._run("step", N, lambda part: (actions[part], alive[part])):
-                obs[part] = ob
-                tl_rew[part, t] = rew
-                ended[part] = term
-                tl_inf[:, part, t] = inf.T
+            ended = self._lockstep_step(policy_fn, obs, alive, t, M, R, (tl_obs, tl_act, tl_rew, tl_inf))
             steps_in_episode += alive
             finished = alive & (ended | (steps_in_episode == T))
             t += 1
@@ -410,6 +394,23 @@ class Sampler:
         return Episodes(obs=out_obs, actions=out_act, rewards=rewards, mask=mask, lengths=lengths,
                         terminated=terminated, final_obs=final_obs, tasks=np.asarray(tasks),
                         infos={key: infos[i] for i, key in enumerate(self.info_keys)})
+
+    def _lockstep_step(self, policy_fn: PolicyFn, obs: np.ndarray, alive: np.ndarray, t: int, M: int, R: int,
+                       record: tuple) -> np.ndarray:
+        """One lockstep time step of the `alive` envs: records their observations, the policy's actions,
+        the rewards and infos at time `t` in `record` = (obs [N, ., d], actions [N, ., k], rewards
+        [N, .], infos [K, N, .]), updates `obs` in place; returns which envs' episodes terminated."""
+        rec_obs, rec_act, rec_rew, rec_inf = record
+        rec_obs[alive, t] = obs[alive]
+        actions = self._call_policy(policy_fn, obs.astype(self.dtype).reshape(M, R, self.obs_dim), M, R)
+        rec_act[alive, t] = actions[alive]
+        ended = np.zeros(len(obs), bool)
+        for part, (ob, rew, term, inf) in self._run("step", len(obs), lambda part: (actions[part], alive[part])):
+            obs[part] = ob
+            rec_rew[part, t] = rew
+            ended[part] = term
+            rec_inf[:, part, t] = inf.T
+        return ended
 
     def _restart(self, indices: np.ndarray, tasks: list, seeds: list) -> np.ndarray:
         """Resets the envs at global `indices` for new episodes; their observations, in that order."""
