@@ -226,6 +226,8 @@ def main(argv):
 
     if not results:
         raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
+    batch_text = (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes"
+                  if batch_by == "steps" else f"{rollouts} rollouts per task per step")
     metrics = {
         "config": {"task": task, "env_id": env_ids["maml"], "oracle_env_id": env_ids["oracle"],
                    "env_ids": {m: env_ids[m] for m in results},
@@ -243,10 +245,7 @@ def main(argv):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "tensorflow": tf.__version__, "keras": keras.__version__},
         "command": " ".join(["python", "rl/evaluate.py"] + sys.argv[1:]),
-        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); "
-                     + (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes; "
-                        if batch_by == "steps" else f"{rollouts} rollouts per task per step; ")
-                     + 
+        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {batch_text}; "
                      f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "
                      f"stderr = std over tasks / sqrt(num_tasks); step sizes per method in config.test_lrs "
                      f"(the authors' test scripts unless overridden)"),
