@@ -67,20 +67,23 @@ def main(argv):
         learner = maml_trpo.MAMLTRPO(model, sampler, base)
         w = get_weights(model)
         tasks = sampler.sample_tasks(s["meta_batch_size"], np.random.default_rng(FLAGS.seed))
-        pre_eps = sampler.sample(tasks, learner.policy_fn(w, np.random.default_rng([FLAGS.seed, 0])), R, seed=FLAGS.seed)
+        restart = base.batch_by == "steps"  # batches as the run was trained (maml_trpo.MAMLTRPO.step)
+        pre_eps = sampler.sample(tasks, learner.policy_fn(w, np.random.default_rng([FLAGS.seed, 0])), R,
+                                 seed=FLAGS.seed, restart=restart)
         pre = learner._data(pre_eps)
         fast = learner.objective.adapted(w, pre)
         post_eps = sampler.sample(tasks, learner.policy_fn(fast, np.random.default_rng([FLAGS.seed, 1]), per_task=True),
-                                  R, seed=FLAGS.seed + 1)
+                                  R, seed=FLAGS.seed + 1, restart=restart)
         post = learner._data(post_eps)
         old = learner.objective.old_policy(fast, post)
 
         exact = dataclasses.replace(base, curvature="exact")
-        variants = {"exact": (exact, maml_trpo.curvature_inputs(exact, pre, post, old)),
-                    "default": (base, maml_trpo.curvature_inputs(base, pre, post, old))}
+        n_post, n_pre = post_eps.rollouts_per_task, pre_eps.rollouts_per_task  # > R if episodes ended early
+        variants = {"exact": (exact, maml_trpo.curvature_inputs(exact, pre, post, old, rollouts=n_post)),
+                    "default": (base, maml_trpo.curvature_inputs(base, pre, post, old, rollouts=n_post))}
         _, post_c, old_c = variants["default"][1]
-        keep = maml_trpo.curvature_rollouts(base)
-        variants["subsampled_J"] = (base, (maml_trpo.subsample_rollouts(pre, R, keep), post_c, old_c))
+        keep = maml_trpo.curvature_rollouts(base, n_pre)
+        variants["subsampled_J"] = (base, (maml_trpo.subsample_rollouts(pre, n_pre, keep), post_c, old_c))
 
         steps, rows = {}, []
         for name, (config, (pre_c, post_c, old_c)) in variants.items():
