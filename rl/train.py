@@ -15,7 +15,9 @@ Methods:
   oracle      TRPO, no inner step, on the Oracle variant of the environment (task parameter in the observation)
 
 Runs are resumable (the same command continues from ``<logdir>/ckpt``, saved every
-``--checkpoint_every`` iterations); the best iteration by average return (post-update for MAML) is kept
+``--checkpoint_every`` iterations; the meta-optimiser's settings, ``--iterations`` and ``--max_kl`` among
+them, default to the run's own from its ``config.json``, and a flag that changes one is announced and
+recorded there under ``"changes"``); the best iteration by average return (post-update for MAML) is kept
 in ``<logdir>/best`` (as in rllab, the checkpoint of iteration i holds the parameters after its TRPO
 update, the return was measured just before it). TensorBoard scalars are in ``<logdir>/tb``, every
 iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py``.
@@ -126,6 +128,10 @@ def define_flags(preset: Preset) -> None:
 # Settings that a resumed run must share with the run in its log directory.
 MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
               "first_order", "normalize_advantages", "baseline", "batch_by")
+# Settings of the meta-optimiser that a resumed run takes from its config.json unless the flag is given
+# again; a changed value (other than the iteration count) is announced and recorded in config.json
+# under "changes".
+RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout")
 
 
 def settings(task: str) -> dict:
@@ -213,6 +219,29 @@ def _recorded_config(logdir: str) -> dict:
         return json.load(f)
 
 
+def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int) -> None:
+    """On resume, fill ``s`` with the run's own optimiser settings where no flag was given, and record
+    the ones a flag changes (so that e.g. a run trained with --max_kl=0.005 does not silently go on
+    with the default 0.01)."""
+    current = dict(recorded)
+    for change in recorded.get("changes", []):
+        current.update({k: v for k, v in change.items() if k != "from_iteration"})
+    changed = {}
+    for key in RESUMED_KEYS:
+        if key not in current:
+            continue
+        if not FLAGS[key].present:
+            s[key] = current[key]
+        elif s[key] != current[key] and key != "iterations":  # extending a run is the usual resume
+            changed[key] = s[key]
+            print(f"[{name}] resuming at iteration {start} with {key}={s[key]!r} (the run so far: "
+                  f"{current[key]!r})", flush=True)
+    if changed:
+        recorded.setdefault("changes", []).append({"from_iteration": start, **changed})
+        with open(os.path.join(logdir, "config.json"), "w") as f:
+            json.dump(recorded, f, indent=2, sort_keys=True)
+
+
 def train_task(task: str) -> dict:
     s = settings(task)
     logdir = s["logdir"]
@@ -223,8 +252,10 @@ def train_task(task: str) -> dict:
                              f"resume it without --batch_by or use another --logdir.")
         s["batch_by"] = "episodes"  # what the run was trained with
     check_config(logdir, s, MODEL_KEYS)
-    config = learner_config(s)
     name = f"{task}/{s['method']}"
+    if recorded:
+        _resume_settings(name, logdir, s, recorded, _start_iteration(logdir))
+    config = learner_config(s)
     with Sampler(s["env_id"], num_workers=FLAGS.num_workers, horizon=s["horizon"]) as sampler:
         model = build_policy(sampler, s["seed"])
         learner = maml_trpo.MAMLTRPO(model, sampler, config)

@@ -61,6 +61,30 @@ def test_a_run_from_before_batch_by_resumes_sampling_by_episodes(tmp_path):
     assert json.loads((logdir / "training.json").read_text())["settings"]["batch_by"] == "episodes"
 
 
+def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
+    logdir = tmp_path / "maml"
+    assert run("rl/train_navigation.py", *TINY, "--iterations=1", "--max_kl=0.001", f"--logdir={logdir}").returncode == 0
+    kept = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    settings = json.loads((logdir / "training.json").read_text())["settings"]
+    assert settings["max_kl"] == 0.001 and settings["iterations"] == 2
+    rows = (logdir / "progress.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    kls = [float(r.split(",")[header.index("kl")]) for r in rows[1:]]
+    assert len(kls) == 2 and all(kl <= 0.001 * 1.0001 for kl in kls)  # the line search holds the run's limit
+    assert "changes" not in json.loads((logdir / "config.json").read_text())
+
+    changed = run("rl/train_navigation.py", *TINY, "--iterations=3", "--max_kl=0.002", f"--logdir={logdir}")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "resuming at iteration 2 with max_kl=0.002 (the run so far: 0.001)" in changed.stdout
+    config = json.loads((logdir / "config.json").read_text())
+    assert config["max_kl"] == 0.001
+    assert config["changes"] == [{"from_iteration": 2, "max_kl": 0.002}]
+    again = run("rl/train_navigation.py", *TINY, "--iterations=4", f"--logdir={logdir}")  # keeps the change
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["max_kl"] == 0.002
+
+
 @pytest.mark.parametrize("script,args,message", [
     ("rl/train_navigation.py", ["--meta_batch_size=0"], "--meta_batch_size must be positive"),
     ("rl/train_navigation.py", ["--inner_lr=-1"], "--inner_lr must be positive"),
