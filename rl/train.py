@@ -129,8 +129,8 @@ def define_flags(preset: Preset) -> None:
 MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
               "first_order", "normalize_advantages", "baseline", "batch_by")
 # Settings of the meta-optimiser that a resumed run takes from its config.json unless the flag is given
-# again; a changed value (other than the iteration count) is announced and recorded in config.json
-# under "changes".
+# again; a changed value is announced and recorded in config.json under "changes" (a new iteration
+# count simply replaces the recorded one).
 RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout")
 
 
@@ -226,18 +226,22 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
     current = dict(recorded)
     for change in recorded.get("changes", []):
         current.update({k: v for k, v in change.items() if k != "from_iteration"})
-    changed = {}
+    changed, rewrite = {}, False
     for key in RESUMED_KEYS:
         if key not in current:
             continue
         if not FLAGS[key].present:
             s[key] = current[key]
-        elif s[key] != current[key] and key != "iterations":  # extending a run is the usual resume
+        elif key == "iterations":  # extending a run is the usual resume: the new total becomes the run's
+            rewrite |= s[key] != recorded[key]
+            recorded[key] = s[key]
+        elif s[key] != current[key]:
             changed[key] = s[key]
             print(f"[{name}] resuming at iteration {start} with {key}={s[key]!r} (the run so far: "
                   f"{current[key]!r})", flush=True)
     if changed:
         recorded.setdefault("changes", []).append({"from_iteration": start, **changed})
+    if changed or rewrite:
         with open(os.path.join(logdir, "config.json"), "w") as f:
             json.dump(recorded, f, indent=2, sort_keys=True)
 

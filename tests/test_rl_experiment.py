@@ -72,7 +72,8 @@ def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
     header = rows[0].split(",")
     kls = [float(r.split(",")[header.index("kl")]) for r in rows[1:]]
     assert len(kls) == 2 and all(kl <= 0.001 * 1.0001 for kl in kls)  # the line search holds the run's limit
-    assert "changes" not in json.loads((logdir / "config.json").read_text())
+    config = json.loads((logdir / "config.json").read_text())
+    assert "changes" not in config and config["iterations"] == 2
 
     changed = run("rl/train_navigation.py", *TINY, "--iterations=3", "--max_kl=0.002", f"--logdir={logdir}")
     assert changed.returncode == 0, changed.stderr[-2000:]
@@ -80,8 +81,11 @@ def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
     config = json.loads((logdir / "config.json").read_text())
     assert config["max_kl"] == 0.001
     assert config["changes"] == [{"from_iteration": 2, "max_kl": 0.002}]
-    again = run("rl/train_navigation.py", *TINY, "--iterations=4", f"--logdir={logdir}")  # keeps the change
+    assert config["iterations"] == 3
+    (logdir / "ckpt" / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')  # as if it crashed at 2
+    again = run("rl/train_navigation.py", *TINY, f"--logdir={logdir}")  # no flags: the run's own settings
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "3/3" in again.stdout
     assert json.loads((logdir / "training.json").read_text())["settings"]["max_kl"] == 0.002
 
 
