@@ -78,12 +78,12 @@ def main(argv):
         old = learner.objective.old_policy(fast, post)
 
         exact = dataclasses.replace(base, curvature="exact")
-        n_post, n_pre = post_eps.rollouts_per_task, pre_eps.rollouts_per_task  # > R if episodes ended early
-        variants = {"exact": (exact, maml_trpo.curvature_inputs(exact, pre, post, old, rollouts=n_post)),
-                    "default": (base, maml_trpo.curvature_inputs(base, pre, post, old, rollouts=n_post))}
+        # episode counts per task may exceed R where episodes ended early (step-budget batches)
+        variants = {"exact": (exact, maml_trpo.curvature_inputs(exact, pre, post, old, lengths=post_eps.lengths)),
+                    "default": (base, maml_trpo.curvature_inputs(base, pre, post, old, lengths=post_eps.lengths))}
         _, post_c, old_c = variants["default"][1]
-        keep = maml_trpo.curvature_rollouts(base, n_pre)
-        variants["subsampled_J"] = (base, (maml_trpo.subsample_rollouts(pre, n_pre, keep), post_c, old_c))
+        keep = maml_trpo.curvature_rollouts(base, pre_eps.rollouts_per_task)
+        variants["subsampled_J"] = (base, (maml_trpo.subsample_rollouts(pre, pre_eps.lengths, keep), post_c, old_c))
 
         steps, rows = {}, []
         for name, (config, (pre_c, post_c, old_c)) in variants.items():

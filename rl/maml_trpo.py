@@ -79,7 +79,9 @@ BASELINES = ("per_task", "previous_task")
 
 
 class PolicyData(NamedTuple):
-    """Rollouts of M tasks as tensors; N = rollouts x horizon steps per task (padded, see mask)."""
+    """Rollouts of M tasks as tensors: each task's valid steps, episode after episode, padded to the
+    largest count N over the tasks (see mask). Every loss is a masked mean over steps, so the layout
+    of the steps does not matter to it; packing only saves the work on padding (``policy_data``)."""
 
     obs: tf.Tensor         # [M, N, obs_dim]
     actions: tf.Tensor     # [M, N, act_dim]
@@ -152,33 +154,72 @@ def standardize(advantages: np.ndarray, mask: np.ndarray, eps: float = 1e-8) -> 
 def policy_data(episodes: Episodes, discount: float = 0.99, gae_lambda: float = 1.0,
                 normalize_advantages: bool = True, dtype=tf.float32, advantages: np.ndarray | None = None) -> PolicyData:
     """Advantages from the linear feature baseline refitted per task (``rl.baselines.advantages``;
-    or the given ``advantages`` [M, R, T]), standardised per task if asked; time and rollout axes
-    folded into one step axis."""
+    or the given ``advantages`` [M, R, T]), standardised per task if asked; then each task's valid
+    steps packed along one step axis, episode after episode (``pack_steps``)."""
     if advantages is None:
         adv, _ = baselines.advantages(episodes.rewards, episodes.obs, episodes.mask, discount, gae_lambda)
     else:
         adv = advantages
     if normalize_advantages:
         adv = standardize(adv, episodes.mask)
-    M, R, T = episodes.rewards.shape
-
-    def fold(x, *feature):
-        return tf.constant(np.reshape(x, (M, R * T) + feature), dtype=dtype)
-
-    return PolicyData(fold(episodes.obs, episodes.obs.shape[-1]), fold(episodes.actions, episodes.actions.shape[-1]),
-                      fold(adv), fold(episodes.mask))
+    obs, actions, adv, mask = pack_steps(episodes.mask, episodes.obs, episodes.actions, adv)
+    return PolicyData(*(tf.constant(x, dtype=dtype) for x in (obs, actions, adv, mask)))
 
 
-def subsample_rollouts(data, rollouts: int, keep: int):
-    """The first ``keep`` of ``rollouts`` rollouts of each task (step axis 1 holds rollouts x T)."""
-    if keep >= rollouts:
+def pack_steps(mask: np.ndarray, *arrays: np.ndarray):
+    """``arrays`` [M, E, T, ...] (E episodes of T steps per task, valid where ``mask`` [M, E, T] is 1,
+    a prefix of each episode) as [M, N, ...]: each task's valid steps in order (episode 0's, then
+    episode 1's, ...), zero-padded to the largest count N over the tasks; returns them and the packed
+    mask. Where no step is padding this is a reshape. When episodes end early (2D navigation after
+    adaptation, a falling ant, step-budget batches of many short episodes) it spares every later
+    computation the padding, which with the step budget can be most of [E, T]."""
+    M, E, T = mask.shape
+    valid = mask.reshape(M, E * T) > 0
+    counts = valid.sum(axis=1)
+    n = int(counts.max())
+    if n == E * T:
+        return tuple(np.reshape(x, (M, E * T) + x.shape[3:]) for x in arrays) + (mask.reshape(M, E * T),)
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :n]  # valid steps first, in their order
+    keep = (np.arange(n)[None, :] < counts[:, None])
+
+    def take(x):
+        flat = np.reshape(x, (M, E * T) + x.shape[3:])
+        idx = order.reshape((M, n) + (1,) * (flat.ndim - 2))
+        out = np.take_along_axis(flat, idx, axis=1)
+        return out * keep.reshape((M, n) + (1,) * (flat.ndim - 2)).astype(out.dtype)
+
+    return tuple(take(x) for x in arrays) + (keep.astype(mask.dtype),)
+
+
+def subsample_rollouts(data, lengths: np.ndarray, keep: int):
+    """The steps of the first ``keep`` episodes of each task, from ``data`` (a ``PolicyData``, or a
+    tuple of a ``PolicyData`` and tensors on the same steps) packed by ``policy_data`` from episodes of
+    ``lengths`` [M, E]: a prefix of each task's step axis, cut at the longest and masked."""
+    lengths = np.asarray(lengths)
+    if keep >= lengths.shape[1]:
         return data
+    counts = lengths[:, :keep].sum(axis=1)
+    n = int(counts.max())
 
     def cut(x):
-        steps = x.shape[1] // rollouts
-        return x[:, : keep * steps]
+        return x[:, :n]
 
-    return tf.nest.map_structure(cut, data)
+    out = tf.nest.map_structure(cut, data)
+
+    def remask(d):
+        if isinstance(d, PolicyData):
+            return d._replace(mask=d.mask * tf.constant(np.arange(n)[None, :] < counts[:, None], d.mask.dtype))
+        return d
+
+    if isinstance(out, PolicyData):
+        return remask(out)
+    return type(out)(remask(d) for d in out)
+
+
+def uniform_lengths(data: PolicyData, rollouts: int) -> np.ndarray:
+    """[M, rollouts] lengths of a step axis holding ``rollouts`` episodes of equal length per task."""
+    M, N = data.mask.shape[0], data.mask.shape[1]
+    return np.full((M, rollouts), N // rollouts)
 
 
 def curvature_rollouts(config: Config, rollouts: int | None = None) -> int:
@@ -191,13 +232,16 @@ def curvature_rollouts(config: Config, rollouts: int | None = None) -> int:
     return max(1, int(math.ceil(config.hvp_subsample * rollouts)))
 
 
-def curvature_inputs(config: Config, pre, post, old, rollouts: int | None = None):
-    """``(pre, post, old)`` for the curvature products: the post-update rollouts (``rollouts`` per
-    task, padded; default ``config.rollouts_per_task``) and their old policy subsampled to
-    ``curvature_rollouts(config, rollouts)`` per task; the pre-update rollouts whole, because the
-    inner step (and so J_i) must be the one that produced the adapted policies (module docstring)."""
-    rollouts = config.rollouts_per_task if rollouts is None else int(rollouts)
-    post_c, old_c = subsample_rollouts((post, old), rollouts, curvature_rollouts(config, rollouts))
+def curvature_inputs(config: Config, pre, post, old, lengths: np.ndarray | None = None):
+    """``(pre, post, old)`` for the curvature products: the post-update rollouts (episodes of
+    ``lengths`` [M, E], as packed by ``policy_data``; default ``config.rollouts_per_task`` equal
+    episodes) and their old policy subsampled to their first ``curvature_rollouts(config, E)``
+    episodes per task; the pre-update rollouts whole, because the inner step (and so J_i) must be the
+    one that produced the adapted policies (module docstring)."""
+    if lengths is None:
+        lengths = uniform_lengths(post, config.rollouts_per_task)
+    keep = curvature_rollouts(config, np.asarray(lengths).shape[1])
+    post_c, old_c = subsample_rollouts((post, old), lengths, keep)
     return pre, post_c, old_c
 
 
@@ -388,7 +432,7 @@ class MAMLTRPO:
             times["inner_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         old = obj.old_policy(fast, post)
-        pre_c, post_c, old_c = curvature_inputs(c, pre, post, old, rollouts=post_eps.rollouts_per_task)
+        pre_c, post_c, old_c = curvature_inputs(c, pre, post, old, lengths=post_eps.lengths)
 
         parts = {"gradient_s": 0.0, "hvp_s": 0.0, "line_search_s": 0.0}
 

@@ -135,9 +135,44 @@ def test_subsampled_curvature_keeps_the_inner_step_on_all_pre_update_rollouts():
     hv = objective.hvp(w0, trpo.unflatten(v, w0), pre_c, post_c, old_c, fast)
     np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
     # the old choice (inner step on the first pre-update rollout only) is measurably different here
-    pre_sub = maml_trpo.subsample_rollouts(pre, 2, 1)
+    pre_sub = maml_trpo.subsample_rollouts(pre, maml_trpo.uniform_lengths(pre, 2), 1)
     hv_sub = objective.hvp(w0, trpo.unflatten(v, w0), pre_sub, post_c, old_c, fast)
     assert np.linalg.norm(trpo.flatten(hv_sub).numpy() - hessian @ v) > 1e-3 * np.linalg.norm(hessian @ v)
+
+
+def test_packing_keeps_every_valid_step_in_order_and_the_losses_unchanged():
+    rng = np.random.default_rng(3)
+    lengths = np.array([[4, 1, 0], [2, 3, 2]])  # task 0: 5 valid steps (and a padding episode), task 1: 7
+    mask = (np.arange(4)[None, None, :] < lengths[:, :, None]).astype(np.float64)
+    obs, act, adv = rng.normal(size=(2, 3, 4, 3)) * mask[..., None], rng.normal(size=(2, 3, 4, 2)) * mask[..., None], \
+        rng.normal(size=(2, 3, 4)) * mask
+    p_obs, p_act, p_adv, p_mask = maml_trpo.pack_steps(mask, obs, act, adv)
+    assert p_obs.shape == (2, 7, 3) and p_act.shape == (2, 7, 2) and p_adv.shape == (2, 7)
+    np.testing.assert_array_equal(p_mask, [[1, 1, 1, 1, 1, 0, 0], [1] * 7])
+    np.testing.assert_array_equal(p_obs[0, :5], np.concatenate([obs[0, 0, :4], obs[0, 1, :1]]))
+    np.testing.assert_array_equal(p_obs[0, 5:], 0.0)
+    np.testing.assert_array_equal(p_act[1], np.concatenate([act[1, 0, :2], act[1, 1, :3], act[1, 2, :2]]))
+    np.testing.assert_array_equal(p_adv[1], np.concatenate([adv[1, 0, :2], adv[1, 1, :3], adv[1, 2, :2]]))
+    # the inner loss and its gradient are the same on the padded and the packed layout
+    model = policies.gaussian_mlp_policy(3, 2, hidden=(4,), seed=0, dtype="float64")
+    w = get_weights(model)
+    loss = maml_trpo.reinforce_loss(model)
+    padded = maml_trpo.PolicyData(*(tf.constant(x.reshape((2, 12) + x.shape[3:])) for x in (obs, act, adv, mask)))
+    packed = maml_trpo.PolicyData(*(tf.constant(x) for x in (p_obs, p_act, p_adv, p_mask)))
+    for m in range(2):
+        one = lambda d: tf.nest.map_structure(lambda x: x[m], d)  # noqa: E731
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(w)
+            a, b = loss(w, one(padded)), loss(w, one(packed))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12)
+        ga, gb = tape.gradient(a, w), tape.gradient(b, w)
+        for k in w:
+            np.testing.assert_allclose(gb[k].numpy(), ga[k].numpy(), rtol=1e-10, atol=1e-14)
+    # without padding, packing is a reshape
+    full = np.ones((2, 3, 4))
+    p_obs, p_mask = maml_trpo.pack_steps(full, obs)
+    np.testing.assert_array_equal(p_obs, obs.reshape(2, 12, 3))
+    np.testing.assert_array_equal(p_mask, 1.0)
 
 
 def test_standardize_and_subsample():
@@ -149,9 +184,17 @@ def test_standardize_and_subsample():
         valid = z[i][mask[i] > 0]
         assert valid.mean() == pytest.approx(0.0, abs=1e-12) and valid.std() == pytest.approx(1.0, rel=1e-6)
     data = random_data(2, 12, 2, 2, seed=0)  # 4 rollouts x 3 steps
-    sub = maml_trpo.subsample_rollouts(data, rollouts=4, keep=1)
+    lengths = maml_trpo.uniform_lengths(data, 4)
+    sub = maml_trpo.subsample_rollouts(data, lengths, keep=1)
     assert sub.obs.shape == (2, 3, 2) and sub.mask.shape == (2, 3)
-    assert maml_trpo.subsample_rollouts(data, rollouts=4, keep=4) is data
+    np.testing.assert_array_equal(sub.mask.numpy(), data.mask.numpy()[:, :3])
+    assert maml_trpo.subsample_rollouts(data, lengths, keep=4) is data
+    # packed episodes of unequal lengths: the first two episodes are 3 + 1 steps of task 0, 2 + 2 of task 1
+    sub, old = maml_trpo.subsample_rollouts((data, data.obs), np.array([[3, 1, 5, 3], [2, 2, 4, 4]]), keep=2)
+    assert sub.obs.shape == (2, 4, 2) and old.shape == (2, 4, 2)
+    np.testing.assert_array_equal(sub.mask.numpy(), data.mask.numpy()[:, :4])  # all 4 steps of both
+    sub = maml_trpo.subsample_rollouts(data, np.array([[3, 1, 5, 3], [1, 2, 4, 5]]), keep=1)
+    np.testing.assert_array_equal(sub.mask.numpy(), [[1, 1, 1], [1, 0, 0]] * data.mask.numpy()[:, :3])
 
 
 @pytest.fixture(scope="module")
