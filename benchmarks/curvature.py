@@ -37,7 +37,7 @@ from maml_tf.functional import get_weights  # noqa: E402
 from maml_tf.training import make_checkpoint, restore  # noqa: E402
 from rl import maml_trpo, policies, trpo  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
-from rl.train import learner_config  # noqa: E402
+from rl.train import current_settings, learner_config  # noqa: E402
 
 flags.DEFINE_string("logdir", None, "A MAML run directory (with config.json and ckpt/).", required=True)
 flags.DEFINE_integer("seed", 123, "Seed of the batch's tasks and rollouts.", lower_bound=0)
@@ -52,7 +52,7 @@ def main(argv):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist; pass the directory of a MAML run.")
     with open(path) as f:
-        s = json.load(f)
+        s = current_settings(json.load(f))  # with any KL limit etc. changed on resume
     if s.get("inner_steps") != 1:
         raise ValueError(f"{FLAGS.logdir} is not a MAML run (inner_steps={s.get('inner_steps')}).")
     base = learner_config(s)

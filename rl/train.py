@@ -219,13 +219,19 @@ def _recorded_config(logdir: str) -> dict:
         return json.load(f)
 
 
+def current_settings(recorded: dict) -> dict:
+    """A run's settings as of its latest iteration: its config.json with the recorded "changes" applied."""
+    current = {k: v for k, v in recorded.items() if k != "changes"}
+    for change in recorded.get("changes", []):
+        current.update({k: v for k, v in change.items() if k != "from_iteration"})
+    return current
+
+
 def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int) -> None:
     """On resume, fill ``s`` with the run's own optimiser settings where no flag was given, and record
     the ones a flag changes (so that e.g. a run trained with --max_kl=0.005 does not silently go on
     with the default 0.01)."""
-    current = dict(recorded)
-    for change in recorded.get("changes", []):
-        current.update({k: v for k, v in change.items() if k != "from_iteration"})
+    current = current_settings(recorded)
     changed, rewrite = {}, False
     for key in RESUMED_KEYS:
         if key not in current:

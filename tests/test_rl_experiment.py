@@ -87,6 +87,8 @@ def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "3/3" in again.stdout
     assert json.loads((logdir / "training.json").read_text())["settings"]["max_kl"] == 0.002
+    from rl.train import current_settings
+    assert current_settings(json.loads((logdir / "config.json").read_text()))["max_kl"] == 0.002
 
 
 @pytest.mark.parametrize("script,args,message", [
