@@ -263,14 +263,15 @@ def train_task(task: str) -> dict:
         s["batch_by"] = "episodes"  # what the run was trained with
     check_config(logdir, s, MODEL_KEYS)
     name = f"{task}/{s['method']}"
+    start = _start_iteration(logdir)
     if recorded:
-        _resume_settings(name, logdir, s, recorded, _start_iteration(logdir))
+        _resume_settings(name, logdir, s, recorded, start)
     config = learner_config(s)
     with Sampler(s["env_id"], num_workers=FLAGS.num_workers, horizon=s["horizon"]) as sampler:
         model = build_policy(sampler, s["seed"])
         learner = maml_trpo.MAMLTRPO(model, sampler, config)
-        progress = ProgressCSV(os.path.join(logdir, "progress.csv"), _start_iteration(logdir))
-        counter = {"i": _start_iteration(logdir)}
+        progress = ProgressCSV(os.path.join(logdir, "progress.csv"), start)
+        counter = {"i": start}
 
         def batch_for_iteration(i: int) -> maml_trpo.IterationBatch:
             counter["i"] = i
