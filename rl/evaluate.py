@@ -27,7 +27,9 @@ a budget of rollouts x horizon environment steps per task in whole episodes, so 
 early (navigation near the goal, a falling ant) more episodes are sampled (``--batch_by``; default:
 what the MAML run was trained with, ``episodes`` for runs that predate the option, so committed
 results re-evaluate to their numbers). ``--rollouts_per_task`` and ``--test_lr`` override the
-protocol for every method. Writes results/rl/<task>/metrics.json and figure_returns.png.
+protocol for every method. Writes results/rl/<task>/metrics.json (means and standard errors, and each
+test task's parameters under ``tasks`` with its returns under ``results.<method>.per_task``) and
+figure_returns.png.
 """
 
 from __future__ import annotations
@@ -218,6 +220,7 @@ def main(argv):
             per_task = maml_trpo.adaptation_returns(model, sampler, tasks, steps, lrs[method] or [0.0], rollouts,
                                                     seed=FLAGS.seed, restart=batch_by == "steps")
         results[method] = summarize(per_task)
+        results[method]["per_task"] = np.round(per_task, 3).tolist()  # [task][step], tasks in metrics' "tasks" order
         shown = "  ".join(f"{v:8.2f} ± {e:.2f}" for v, e in zip(results[method]["returns"], results[method]["stderr"]))
         print(f"{method:<11} {shown}   ({time.time() - t:.0f}s)", flush=True)
         ref = paper.RL[task].get(method, {}).get("returns")
@@ -238,6 +241,7 @@ def main(argv):
                    "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
                                 if k in maml_run}},
         "seed": FLAGS.seed,
+        "tasks": np.asarray(tasks).tolist(),  # the test tasks' parameters (goal velocity, direction, goal)
         # meta-iterations of the MAML run (else of the first trained method); per method in "training"
         "iterations": next((training[m]["trained_iterations"] for m in ("maml", *training) if m in training), 0),
         "wall_time_s": round(time.time() - t0, 1),

@@ -282,9 +282,10 @@ class Sampler:
         self._run("reserve", n, lambda part: len(range(n)[part]))
 
     # ----------------------------------------------------------------------------------------------
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """`n` task parameters of this environment's family."""
-        return self.env_class.sample_tasks(n, rng)
+    def sample_tasks(self, n: int, rng: np.random.Generator, stratified: bool = False) -> np.ndarray:
+        """`n` task parameters of this environment's family (``stratified``: spread evenly over it,
+        :mod:`rl.envs.tasks`)."""
+        return self.env_class.sample_tasks(n, rng, stratified=stratified)
 
     def sample(self, tasks: Sequence, policy_fn: PolicyFn, rollouts_per_task: int,
                seed: int, restart: bool = False) -> Episodes:

@@ -107,6 +107,9 @@ def define_flags(preset: Preset) -> None:
                       "episodes, an episode that ends early being followed by a new one (the authors' rllab samplers; "
                       "matters where episodes end early: navigation, ant); episodes: exactly rollouts_per_task "
                       "episodes per task. Runs that predate this flag resume with 'episodes'.")
+    flags.DEFINE_bool("stratified_tasks", False, "Spread each meta-batch's tasks evenly over the family (half of "
+                      "the directions each way, goal velocities one per bin) instead of independent draws (the "
+                      "paper's); the same task distribution, less imbalance within a batch.")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
     flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "How per-task computations are laid out.")
     flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
@@ -127,7 +130,10 @@ def define_flags(preset: Preset) -> None:
 
 # Settings that a resumed run must share with the run in its log directory.
 MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
-              "first_order", "normalize_advantages", "baseline", "batch_by")
+              "first_order", "normalize_advantages", "baseline", "batch_by", "stratified_tasks")
+# What runs made before a setting existed did; they resume with it (a flag asking otherwise is refused).
+PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
+                      "stratified_tasks": (False, "drew each batch's tasks independently")}
 # Settings of the meta-optimiser that a resumed run takes from its config.json unless the flag is given
 # again; a changed value is announced and recorded in config.json under "changes" (a new iteration
 # count simply replaces the recorded one).
@@ -150,7 +156,7 @@ def settings(task: str) -> dict:
         "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "cg_iterations": FLAGS.cg_iterations,
         "cg_damping": FLAGS.cg_damping, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
         "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout, "baseline": FLAGS.baseline,
-        "batch_by": FLAGS.batch_by,
+        "batch_by": FLAGS.batch_by, "stratified_tasks": FLAGS.stratified_tasks,
         "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
         "seed": FLAGS.seed,
         "logdir": FLAGS.logdir or os.path.join("results", "rl", task, method),
@@ -256,11 +262,12 @@ def train_task(task: str) -> dict:
     s = settings(task)
     logdir = s["logdir"]
     recorded = _recorded_config(logdir)
-    if recorded and "batch_by" not in recorded:
-        if FLAGS["batch_by"].present and FLAGS.batch_by != "episodes":
-            raise ValueError(f"{logdir} holds a run from before --batch_by, which sampled by episodes; "
-                             f"resume it without --batch_by or use another --logdir.")
-        s["batch_by"] = "episodes"  # what the run was trained with
+    for key, (then, what) in PREDATING_DEFAULTS.items():
+        if recorded and key not in recorded:
+            if FLAGS[key].present and FLAGS[key].value != then:
+                raise ValueError(f"{logdir} holds a run from before --{key}, which {what}; "
+                                 f"resume it without --{key} or use another --logdir.")
+            s[key] = then  # what the run was trained with
     check_config(logdir, s, MODEL_KEYS)
     name = f"{task}/{s['method']}"
     start = _start_iteration(logdir)
@@ -276,7 +283,8 @@ def train_task(task: str) -> dict:
         def batch_for_iteration(i: int) -> maml_trpo.IterationBatch:
             counter["i"] = i
             rng = np.random.default_rng([s["seed"], i])  # depends only on the iteration: exact resume
-            return maml_trpo.IterationBatch(sampler.sample_tasks(s["meta_batch_size"], rng), iteration_seed(s["seed"], i))
+            return maml_trpo.IterationBatch(sampler.sample_tasks(s["meta_batch_size"], rng, s["stratified_tasks"]),
+                                           iteration_seed(s["seed"], i))
 
         def step(batch):
             metrics = learner.step(batch)

@@ -145,6 +145,43 @@ def test_navigation_goals_cover_the_square():
         assert np.min(np.linalg.norm(goals - corner, axis=1)) < 0.05
 
 
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_stratified_directions_split_every_batch_in_half(n):
+    family = rl.envs.env_class("maml_tf/HalfCheetahDir-v1").family
+    rng = np.random.default_rng(0)
+    batches = np.stack([family.sample(n, rng, stratified=True) for _ in range(2000)])
+    forward = (batches == 1.0).sum(axis=1)
+    assert set(np.unique(batches)) <= {-1.0, 1.0}
+    assert forward.min() >= n // 2 and forward.max() <= n - n // 2  # the odd task goes either way
+    assert np.mean(batches == 1.0) == pytest.approx(0.5, abs=0.045)  # still each way with p = 1/2 (4 sd at n = 1)
+    if n > 1:  # in random order, not sorted
+        assert len({tuple(b) for b in batches}) > 1
+
+
+@pytest.mark.parametrize("env_id,low,high", [
+    ("maml_tf/HalfCheetahVel-v1", 0.0, 2.0), ("maml_tf/AntVel-v1", 0.0, 3.0)])
+def test_stratified_goal_velocities_take_one_per_bin_and_stay_uniform(env_id, low, high):
+    family = rl.envs.env_class(env_id).family
+    rng = np.random.default_rng(1)
+    batches = np.stack([family.sample(8, rng, stratified=True) for _ in range(1000)])
+    bins = np.floor((batches - low) / (high - low) * 8).astype(int)
+    assert np.all(np.sort(bins, axis=1) == np.arange(8))  # exactly one task in each eighth of the range
+    assert not np.all(np.diff(batches, axis=1) > 0)        # in random order
+    pooled = np.histogram(batches, bins=16, range=(low, high))[0] / batches.size
+    assert np.allclose(pooled, 1 / 16, atol=0.01)           # pooled over batches: uniform on [low, high]
+
+
+def test_stratified_navigation_goals_are_a_latin_hypercube_of_the_square():
+    rng = np.random.default_rng(2)
+    goals = rl.envs.Navigation2DEnv.family.sample(10, rng, stratified=True)
+    assert goals.shape == (10, 2) and np.all(np.abs(goals) <= 0.5)
+    for axis in range(2):
+        assert sorted(np.floor((goals[:, axis] + 0.5) * 10).astype(int)) == list(range(10))
+    pooled = np.concatenate([rl.envs.Navigation2DEnv.sample_tasks(10, rng, stratified=True) for _ in range(500)])
+    assert np.mean(pooled, axis=0) == pytest.approx([0.0, 0.0], abs=0.02)
+    assert abs(np.corrcoef(pooled.T)[0, 1]) < 0.05  # the two axes are paired at random
+
+
 @pytest.mark.parametrize("env_id,bad_task", [
     ("maml_tf/HalfCheetahVel-v0", -1.0), ("maml_tf/HalfCheetahVel-v0", 2.5),
     ("maml_tf/HalfCheetahVel-v0", float("nan")), ("maml_tf/HalfCheetahVel-v0", "fast"),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,8 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
         r = m["results"][method]
         assert r["num_tasks"] == 3 and len(r["returns"]) == 4 and len(r["stderr"]) == 4
         assert all(-1500.0 < x < 0 for x in r["returns"])  # 100 rewards of minus a distance below 0.71 + 14.2
+        assert np.allclose(np.mean(r["per_task"], axis=0), r["returns"], atol=1e-3)  # per task, rounded
+    assert np.array(m["tasks"]).shape == (3, 2)  # the 2D goals the per-task returns belong to
     # the authors' test protocol: MAML steps with its training inner lr (0.5), then half of it
     assert m["config"]["test_lrs"] == {"maml": [0.5, 0.25, 0.25], "random": [0.5, 0.25, 0.25]}
     assert m["config"]["batch_by"] == "steps"  # the MAML run's setting
@@ -59,6 +62,23 @@ def test_a_run_from_before_batch_by_resumes_sampling_by_episodes(tmp_path):
     resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((logdir / "training.json").read_text())["settings"]["batch_by"] == "episodes"
+
+
+def test_stratified_tasks_is_part_of_a_run_and_older_runs_resume_without_it(tmp_path):
+    logdir = tmp_path / "maml"
+    made = run("rl/train_navigation.py", *TINY, "--iterations=1", "--stratified_tasks", f"--logdir={logdir}")
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert json.loads((logdir / "config.json").read_text())["stratified_tasks"] is True
+    refused = run("rl/train_navigation.py", *TINY, "--iterations=2", "--nostratified_tasks", f"--logdir={logdir}")
+    assert refused.returncode != 0 and "stratified_tasks=True" in refused.stderr
+    config = json.loads((logdir / "config.json").read_text())
+    del config["stratified_tasks"]  # as written before the option existed
+    (logdir / "config.json").write_text(json.dumps(config))
+    refused = run("rl/train_navigation.py", *TINY, "--iterations=2", "--stratified_tasks", f"--logdir={logdir}")
+    assert refused.returncode != 0 and "drew each batch's tasks independently" in refused.stderr
+    resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["stratified_tasks"] is False
 
 
 def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):

@@ -8,6 +8,9 @@ forward velocity into the task's forward reward term:
     GoalTasks2D(low, high)     goal g ~ U[low, high]^2            (2D navigation)
 
 Families are small frozen dataclasses; an environment class holds one as its ``family`` attribute.
+``sample(n, rng, stratified=True)`` draws the same distribution with less spread within a batch:
+directions exactly half each way (the odd one at random), goal velocities one per equal-width bin of
+[low, high], 2D goals one per bin on each axis (a Latin hypercube); in random order.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def _as_real_scalar(task, what: str) -> float:
     return value
 
 
+def _stratified_unit(n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` numbers in [0, 1), one uniform draw in each of the bins [i/n, (i+1)/n), in random order."""
+    return rng.permutation((np.arange(n) + rng.uniform(size=n)) / max(n, 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class VelocityTasks:
     """Goal velocities drawn uniformly from [low, high]; the forward term is -|v - goal|."""
@@ -41,7 +49,9 @@ class VelocityTasks:
     high: float
     task_dim: int = 1
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, n: int, rng: np.random.Generator, stratified: bool = False) -> np.ndarray:
+        if stratified:
+            return self.low + (self.high - self.low) * _stratified_unit(int(n), rng)
         return rng.uniform(self.low, self.high, size=(int(n),))
 
     def validate(self, task) -> float:
@@ -64,7 +74,11 @@ class DirectionTasks:
 
     task_dim: int = 1
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, n: int, rng: np.random.Generator, stratified: bool = False) -> np.ndarray:
+        if stratified:
+            n = int(n)
+            half = np.repeat(np.array([-1.0, 1.0]), n // 2)
+            return rng.permutation(np.concatenate([half, rng.choice(np.array([-1.0, 1.0]), size=n % 2)]))
         return rng.choice(np.array([-1.0, 1.0]), size=(int(n),))
 
     def validate(self, task) -> float:
@@ -88,7 +102,10 @@ class GoalTasks2D:
     high: float
     task_dim: int = 2
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, n: int, rng: np.random.Generator, stratified: bool = False) -> np.ndarray:
+        if stratified:
+            unit = np.stack([_stratified_unit(int(n), rng), _stratified_unit(int(n), rng)], axis=1)
+            return self.low + (self.high - self.low) * unit
         return rng.uniform(self.low, self.high, size=(int(n), 2))
 
     def validate(self, task) -> np.ndarray:
@@ -148,9 +165,10 @@ class TaskEnvMixin:
     _task_obs = np.zeros(0)  # what the observation ends with: the task's features for an oracle
 
     @classmethod
-    def sample_tasks(cls, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Draws `n` task parameters of this family from `rng` (shape [n] or [n, 2])."""
-        return cls.family.sample(n, rng)
+    def sample_tasks(cls, n: int, rng: np.random.Generator, stratified: bool = False) -> np.ndarray:
+        """Draws `n` task parameters of this family from `rng` (shape [n] or [n, 2]); ``stratified``:
+        spread evenly over the family (module docstring)."""
+        return cls.family.sample(n, rng, stratified=stratified)
 
     def set_task(self, task) -> None:
         """Sets the task used from now on (checked; ValueError if outside the family)."""
