@@ -51,34 +51,33 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     assert (tmp_path / "figure_returns.png").stat().st_size > 0
 
 
-def test_a_run_from_before_batch_by_resumes_sampling_by_episodes(tmp_path):
+@pytest.mark.parametrize("key,flag,refusal,then", [
+    ("batch_by", "--batch_by=steps", "sampled by episodes", "episodes"),
+    ("stratified_tasks", "--stratified_tasks", "drew each batch's tasks independently", False),
+])
+def test_a_run_from_before_an_option_resumes_as_it_ran(tmp_path, key, flag, refusal, then):
     logdir = tmp_path / "maml"
     assert run("rl/train_navigation.py", *TINY, "--iterations=1", f"--logdir={logdir}").returncode == 0
     config = json.loads((logdir / "config.json").read_text())
-    del config["batch_by"]  # as written before the option existed
+    del config[key]  # as written before the option existed
     (logdir / "config.json").write_text(json.dumps(config))
-    refused = run("rl/train_navigation.py", *TINY, "--iterations=2", "--batch_by=steps", f"--logdir={logdir}")
-    assert refused.returncode != 0 and "sampled by episodes" in refused.stderr
+    refused = run("rl/train_navigation.py", *TINY, "--iterations=2", flag, f"--logdir={logdir}")
+    assert refused.returncode != 0 and refusal in refused.stderr
     resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((logdir / "training.json").read_text())["settings"]["batch_by"] == "episodes"
+    assert json.loads((logdir / "training.json").read_text())["settings"][key] == then
 
 
-def test_stratified_tasks_is_part_of_a_run_and_older_runs_resume_without_it(tmp_path):
+def test_stratified_tasks_is_part_of_a_run(tmp_path):
     logdir = tmp_path / "maml"
     made = run("rl/train_navigation.py", *TINY, "--iterations=1", "--stratified_tasks", f"--logdir={logdir}")
     assert made.returncode == 0, made.stderr[-2000:]
     assert json.loads((logdir / "config.json").read_text())["stratified_tasks"] is True
     refused = run("rl/train_navigation.py", *TINY, "--iterations=2", "--nostratified_tasks", f"--logdir={logdir}")
     assert refused.returncode != 0 and "stratified_tasks=True" in refused.stderr
-    config = json.loads((logdir / "config.json").read_text())
-    del config["stratified_tasks"]  # as written before the option existed
-    (logdir / "config.json").write_text(json.dumps(config))
-    refused = run("rl/train_navigation.py", *TINY, "--iterations=2", "--stratified_tasks", f"--logdir={logdir}")
-    assert refused.returncode != 0 and "drew each batch's tasks independently" in refused.stderr
-    resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((logdir / "training.json").read_text())["settings"]["stratified_tasks"] is False
+    resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", "--stratified_tasks", f"--logdir={logdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # the same command resumes
+    assert json.loads((logdir / "training.json").read_text())["iterations"] == 2
 
 
 def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
