@@ -128,10 +128,13 @@ def load_policy(logdir: str, method: str, sampler: Sampler):
     dirs = ["best", "ckpt"] if FLAGS.checkpoint == "best" else ["ckpt"]
     latest = tf.train.latest_checkpoint(os.path.join(run, "ckpt"))
     trained = int(latest.rsplit("-", 1)[1]) if latest else None
+    # the run's training time up to its latest checkpoint (the evaluated one may be an earlier, best one)
+    trained_s = float(tf.train.load_variable(latest, "wall_time/.ATTRIBUTES/VARIABLE_VALUE")) if latest else None
     for d in dirs:
         if restore(ckpt, os.path.join(run, d), what=f"{method} checkpoint") is not None:
             return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
-                           "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1)}
+                           "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1),
+                           "trained_wall_time_s": None if trained_s is None else round(trained_s, 1)}
     raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method}).")
 
 
@@ -229,6 +232,9 @@ def main(argv):
 
     if not results:
         raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
+    eval_s = time.time() - t0
+    main_run = next((m for m in ("maml", *training) if m in training), None)
+    train_s = (training[main_run].get("trained_wall_time_s") or 0.0) if main_run else 0.0
     batch_text = (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes"
                   if batch_by == "steps" else f"{rollouts} rollouts per task per step")
     metrics = {
@@ -244,7 +250,9 @@ def main(argv):
         "tasks": np.asarray(tasks).tolist(),  # the test tasks' parameters (goal velocity, direction, goal)
         # meta-iterations of the MAML run (else of the first trained method); per method in "training"
         "iterations": next((training[m]["trained_iterations"] for m in ("maml", *training) if m in training), 0),
-        "wall_time_s": round(time.time() - t0, 1),
+        # as for the supervised experiments: that run's training time plus this evaluation's
+        "wall_time_s": round(train_s + eval_s, 1), "train_wall_time_s": round(train_s, 1),
+        "eval_wall_time_s": round(eval_s, 1),
         "training": training,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "tensorflow": tf.__version__, "keras": keras.__version__},

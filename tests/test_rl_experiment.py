@@ -39,6 +39,12 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {"config", "seed", "iterations", "wall_time_s", "results", "paper"} <= set(m)
     assert m["iterations"] == 3
+    # wall_time_s as for the supervised experiments: the MAML run's training (to its latest checkpoint,
+    # as training.json records it) plus this evaluation
+    trained_s = json.loads((tmp_path / "maml" / "training.json").read_text())["wall_time_s"]
+    assert m["train_wall_time_s"] == pytest.approx(trained_s, abs=0.11)
+    assert 0 < m["eval_wall_time_s"] and m["wall_time_s"] == pytest.approx(trained_s + m["eval_wall_time_s"], abs=0.11)
+    assert m["training"]["maml"]["trained_wall_time_s"] == pytest.approx(trained_s, abs=0.11)
     for method in ("maml", "random"):
         r = m["results"][method]
         assert r["num_tasks"] == 3 and len(r["returns"]) == 4 and len(r["stderr"]) == 4
