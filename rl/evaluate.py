@@ -233,8 +233,8 @@ def main(argv):
     if not results:
         raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
     eval_s = time.time() - t0
-    main_run = next((m for m in ("maml", *training) if m in training), None)
-    train_s = (training[main_run].get("trained_wall_time_s") or 0.0) if main_run else 0.0
+    main_run = training.get("maml") or next(iter(training.values()), {})  # the MAML run, else the first trained
+    train_s = main_run.get("trained_wall_time_s") or 0.0
     batch_text = (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes"
                   if batch_by == "steps" else f"{rollouts} rollouts per task per step")
     metrics = {
@@ -248,9 +248,9 @@ def main(argv):
                                 if k in maml_run}},
         "seed": FLAGS.seed,
         "tasks": np.asarray(tasks).tolist(),  # the test tasks' parameters (goal velocity, direction, goal)
-        # meta-iterations of the MAML run (else of the first trained method); per method in "training"
-        "iterations": next((training[m]["trained_iterations"] for m in ("maml", *training) if m in training), 0),
-        # as for the supervised experiments: that run's training time plus this evaluation's
+        # meta-iterations of that run (per method in "training"), and as for the supervised experiments its
+        # training time plus this evaluation's
+        "iterations": main_run.get("trained_iterations") or 0,
         "wall_time_s": round(train_s + eval_s, 1), "train_wall_time_s": round(train_s, 1),
         "eval_wall_time_s": round(eval_s, 1),
         "training": training,
