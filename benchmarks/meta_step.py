@@ -94,6 +94,7 @@ def _rss_mb() -> tuple[float, float]:
 def run_child(setting: str, spec: str) -> None:
     cfg, var = SETTINGS[setting], parse_variant(spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
     import keras
     import numpy as np
     import tensorflow as tf

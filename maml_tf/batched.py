@@ -126,6 +126,48 @@ def _activation(layer, fn) -> str:
     return name
 
 
+_grouped_conv_problem: Dict[str, Optional[str]] = {}
+
+
+def grouped_conv_problem() -> Optional[str]:
+    """None if TensorFlow runs grouped convolutions and their second derivatives here, else why not.
+
+    The batched layout's convolutions are grouped (one group per task). On CPUs, TensorFlow runs them
+    only through oneDNN, which it turns on by default only on some processors (with AVX-512, say);
+    elsewhere ``TF_ENABLE_ONEDNN_OPTS=1`` must be set before TensorFlow is imported (the experiments and
+    benchmarks set it). This probes a tiny grouped convolution with a bias and ReLU, first and second
+    derivatives, inside ``tf.function`` (where graph rewrites fuse the bias), once per device.
+    """
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"  # where the convolutions would run
+    if device not in _grouped_conv_problem:
+        x = tf.reshape(tf.range(2 * 5 * 5 * 4, dtype=tf.float32) / 100.0, [2, 5, 5, 4])
+        k = tf.reshape(tf.cos(tf.range(3 * 3 * 2 * 4, dtype=tf.float32)), [3, 3, 2, 4])
+        b = tf.fill([4], 0.1)
+
+        @tf.function
+        def second_derivatives(x, k, b):
+            with tf.GradientTape() as outer:
+                outer.watch([x, k, b])
+                with tf.GradientTape() as inner:
+                    inner.watch([k, b])
+                    h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, k, 1, "SAME"), b))
+                    loss = tf.reduce_sum(tf.square(tf.nn.conv2d(h, k, 2, "SAME")))
+                gk, gb = inner.gradient(loss, [k, b])
+                norm = tf.reduce_sum(tf.square(gk)) + tf.reduce_sum(tf.square(gb))
+            return outer.gradient(norm, [x, k, b])
+
+        try:
+            second_derivatives(x, k, b)
+            _grouped_conv_problem[device] = None
+        except tf.errors.OpError as e:
+            lines = [ln.strip() for ln in e.message.splitlines() if ln.strip() and not ln.strip().startswith(("[[", "File"))]
+            said = next((ln for ln in lines if "group" in ln.lower()), lines[-1] if lines else type(e).__name__)
+            _grouped_conv_problem[device] = (
+                f"this TensorFlow cannot run grouped convolutions and their gradients on {device} ({said}); on a "
+                f"CPU, set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported")
+    return _grouped_conv_problem[device]
+
+
 def _parse(model: keras.Model) -> List[_Op]:
     if model.dtype_policy.compute_dtype != "float32":
         raise Unsupported(f"{model.name} does not compute in float32")
@@ -136,6 +178,9 @@ def _parse(model: keras.Model) -> List[_Op]:
         if isinstance(layer, L.Conv2D) and type(layer) is L.Conv2D:
             if cfg["data_format"] != "channels_last" or tuple(cfg["dilation_rate"]) != (1, 1) or cfg["groups"] != 1:
                 raise Unsupported(f"{layer.name}: only channels_last, undilated, ungrouped convolutions")
+            problem = grouped_conv_problem()
+            if problem:
+                raise Unsupported(f"{layer.name}: {problem}")
             weights = {"kernel": layer.kernel.path}
             if cfg["use_bias"]:
                 weights["bias"] = layer.bias.path

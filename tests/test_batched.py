@@ -191,3 +191,48 @@ def test_unsupported_models_fall_back_to_the_vectorized_layout():
     a = maml.meta_objective(plain, get_weights(dropout), (x, y), (x, y), 1, 0.1, layout="batched")
     b = maml.meta_objective(plain, get_weights(dropout), (x, y), (x, y), 1, 0.1, layout="loop")
     np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+
+
+PROBE = """
+import logging, sys
+import keras, numpy as np, tensorflow as tf
+sys.path.insert(0, {tests!r})
+from test_batched import episodes
+from maml_tf import batched, maml, models
+from maml_tf.functional import get_weights
+logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
+keras.utils.set_random_seed(0)
+model = models.omniglot_conv(3)
+task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+support, query = episodes(2, 3, 1, (28, 28, 1), seed=1), episodes(2, 3, 1, (28, 28, 1), seed=2)
+args = (task_loss, get_weights(model), support, query, 1, 0.4)
+print("PROBLEM", batched.grouped_conv_problem())
+print("FAST", task_loss.net is not None)
+print("VALUES", float(maml.meta_objective(*args, layout="batched")), float(maml.meta_objective(*args, layout="loop")))
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_grouped_convolutions_are_probed_and_fall_back_without_onednn(onednn, tmp_path):
+    """With oneDNN on, the conv net runs batched; with it off (TensorFlow's default on CPUs without
+    AVX-512), this TensorFlow cannot run grouped convolutions' gradients on a CPU: the probe says so, the
+    model runs on the vectorized layout with a warning that names the fix, and the value is unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE.format(tests=os.path.join(root, "tests")))
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in out.stdout.splitlines() if " " in ln}
+    batched_value, loop_value = map(float, lines["VALUES"].split())
+    np.testing.assert_allclose(batched_value, loop_value, rtol=1e-5)
+    if onednn == "1" or lines["PROBLEM"] == "None":  # (a later TensorFlow may run them without oneDNN)
+        assert lines["PROBLEM"] == "None" and lines["FAST"] == "True"
+    else:
+        assert "TF_ENABLE_ONEDNN_OPTS=1" in lines["PROBLEM"] and lines["FAST"] == "False"
+        assert "falls back to 'vectorized'" in out.stderr and "TF_ENABLE_ONEDNN_OPTS=1" in out.stderr
