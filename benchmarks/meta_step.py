@@ -20,8 +20,11 @@ Prints one JSON line per setting::
      "peak_rss_mb": ..., "loop_peak_rss_mb": ..., "variants": {...}, "load_avg": [...], ...}
 
 ``ms_per_iter``/``peak_rss_mb`` describe the first of ``--variants``; ``variants`` holds every
-variant's numbers. A variant is ``layout[+xla][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``,
-``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``.
+variant's numbers. A variant is ``layout[+xla][+eigen][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``,
+``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``, ``loop+eigen`` (TensorFlow's
+own CPU kernels instead of oneDNN: ``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's default on CPUs without
+AVX-512; every other variant runs with oneDNN, which the batched layout's grouped convolutions need
+on a CPU).
 
     python benchmarks/meta_step.py
     python benchmarks/meta_step.py --settings=5way1shot --variants=batched,batched@1x1,loop@1x1 --windows=5
@@ -47,10 +50,10 @@ SETTINGS = {
     "20way1shot": dict(num_ways=20, num_shots=1, meta_batch_size=16, num_inner_steps=5, inner_lr=0.1),
 }
 LAYOUTS = ("loop", "vectorized", "batched")
-VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
+VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
 
 flags.DEFINE_list("settings", list(SETTINGS), f"Settings to run: {', '.join(SETTINGS)}.")
-flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][@INTRAxINTER].")
+flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][@INTRAxINTER].")
 flags.DEFINE_string("reference", "loop", "The denominator variant.")
 flags.DEFINE_integer("iters", 5, "Iterations per timed window.", lower_bound=1)
 flags.DEFINE_integer("windows", 3, "Timed windows per variant (interleaved across variants).", lower_bound=1)
@@ -60,7 +63,7 @@ flags.DEFINE_string("child", None, "Internal: run one variant as a worker (setti
 flags.register_validator("settings", lambda v: len(v) > 0 and set(v) <= set(SETTINGS),
                          f"--settings takes a comma-separated subset of {','.join(SETTINGS)}.")
 flags.register_validator("variants", lambda v: len(v) > 0 and all(_parse_ok(s) for s in v),
-                         "--variants takes specs like batched, loop@1x1 or batched+xla (layouts: "
+                         "--variants takes specs like batched, loop@1x1, batched+xla or loop+eigen (layouts: "
                          + ", ".join(LAYOUTS) + ").")
 flags.register_validator("reference", lambda s: _parse_ok(s), "--reference takes a spec like loop or loop@1x1.")
 FLAGS = flags.FLAGS
@@ -73,7 +76,7 @@ def _parse_ok(spec: str) -> bool:
 
 def parse_variant(spec: str) -> dict:
     m = VARIANT.match(spec)
-    return {"layout": m.group("layout"), "jit_compile": bool(m.group("xla")),
+    return {"layout": m.group("layout"), "jit_compile": bool(m.group("xla")), "onednn": not m.group("eigen"),
             "intra_op_threads": int(m.group("intra") or 0), "inter_op_threads": int(m.group("inter") or 0)}
 
 
@@ -161,7 +164,8 @@ class Worker:
              f"--warmup={FLAGS.warmup}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 "TF_ENABLE_ONEDNN_OPTS": "1" if parse_variant(spec)["onednn"] else "0"})
         self.ready = self._read()
         self.windows: list[dict] = []
 

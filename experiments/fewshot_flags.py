@@ -51,7 +51,8 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
     flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
     flags.DEFINE_integer("eval_batch_size", eval_batch_size, "Tasks evaluated at once.")
-    flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest).")
+    flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest on CPUs with "
+                      "AVX-512; on others, TF_ENABLE_ONEDNN_OPTS=0 with --layout=loop can be faster: README).")
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for these networks on CPU).")
     flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
     flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
