@@ -58,6 +58,7 @@ of the query batch, so each query prediction depends only on the support set and
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 from typing import Callable, Dict, List, Optional
@@ -140,32 +141,41 @@ def grouped_conv_problem() -> Optional[str]:
     """
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"  # where the convolutions would run
     if device not in _grouped_conv_problem:
-        x = tf.reshape(tf.range(2 * 5 * 5 * 4, dtype=tf.float32) / 100.0, [2, 5, 5, 4])
-        k = tf.reshape(tf.cos(tf.range(3 * 3 * 2 * 4, dtype=tf.float32)), [3, 3, 2, 4])
-        b = tf.fill([4], 0.1)
-
-        @tf.function
-        def second_derivatives(x, k, b):
-            with tf.GradientTape() as outer:
-                outer.watch([x, k, b])
-                with tf.GradientTape() as inner:
-                    inner.watch([k, b])
-                    h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, k, 1, "SAME"), b))
-                    loss = tf.reduce_sum(tf.square(tf.nn.conv2d(h, k, 2, "SAME")))
-                gk, gb = inner.gradient(loss, [k, b])
-                norm = tf.reduce_sum(tf.square(gk)) + tf.reduce_sum(tf.square(gb))
-            return outer.gradient(norm, [x, k, b])
-
-        try:
-            second_derivatives(x, k, b)
-            _grouped_conv_problem[device] = None
-        except tf.errors.OpError as e:
-            lines = [ln.strip() for ln in e.message.splitlines() if ln.strip() and not ln.strip().startswith(("[[", "File"))]
-            said = next((ln for ln in lines if "group" in ln.lower()), lines[-1] if lines else type(e).__name__)
-            _grouped_conv_problem[device] = (
-                f"this TensorFlow cannot run grouped convolutions and their gradients on {device} ({said}); on a "
-                f"CPU, set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported")
+        if tf.executing_eagerly():
+            _grouped_conv_problem[device] = _probe_grouped_conv(device)
+        else:  # called while a tf.function is traced: probe eagerly in a thread of its own (not under init_scope,
+            # which pauses gradient tapes)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                _grouped_conv_problem[device] = pool.submit(_probe_grouped_conv, device).result()
     return _grouped_conv_problem[device]
+
+
+def _probe_grouped_conv(device: str) -> Optional[str]:
+    """The message of :func:`grouped_conv_problem` (run eagerly)."""
+    x = tf.reshape(tf.range(2 * 5 * 5 * 4, dtype=tf.float32) / 100.0, [2, 5, 5, 4])
+    k = tf.reshape(tf.cos(tf.range(3 * 3 * 2 * 4, dtype=tf.float32)), [3, 3, 2, 4])
+    b = tf.fill([4], 0.1)
+
+    @tf.function
+    def second_derivatives(x, k, b):
+        with tf.GradientTape() as outer:
+            outer.watch([x, k, b])
+            with tf.GradientTape() as inner:
+                inner.watch([k, b])
+                h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, k, 1, "SAME"), b))
+                loss = tf.reduce_sum(tf.square(tf.nn.conv2d(h, k, 2, "SAME")))
+            gk, gb = inner.gradient(loss, [k, b])
+            norm = tf.reduce_sum(tf.square(gk)) + tf.reduce_sum(tf.square(gb))
+        return outer.gradient(norm, [x, k, b])
+
+    try:
+        second_derivatives(x, k, b)
+        return None
+    except tf.errors.OpError as e:
+        lines = [ln.strip() for ln in e.message.splitlines() if ln.strip() and not ln.strip().startswith(("[[", "File"))]
+        said = next((ln for ln in lines if "group" in ln.lower()), lines[-1] if lines else type(e).__name__)
+        return (f"this TensorFlow cannot run grouped convolutions and their gradients on {device} ({said}); on a "
+                f"CPU, set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported")
 
 
 def _parse(model: keras.Model) -> List[_Op]:

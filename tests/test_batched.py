@@ -201,6 +201,8 @@ from test_batched import episodes
 from maml_tf import batched, maml, models
 from maml_tf.functional import get_weights
 logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
+# first asked while a tf.function is traced (where a probe run in the graph could not fail)
+print("TRACED", bool(tf.function(lambda: tf.constant(batched.grouped_conv_problem() is None))()))
 keras.utils.set_random_seed(0)
 model = models.omniglot_conv(3)
 task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
@@ -232,7 +234,8 @@ def test_grouped_convolutions_are_probed_and_fall_back_without_onednn(onednn, tm
     batched_value, loop_value = map(float, lines["VALUES"].split())
     np.testing.assert_allclose(batched_value, loop_value, rtol=1e-5)
     if onednn == "1" or lines["PROBLEM"] == "None":  # (a later TensorFlow may run them without oneDNN)
-        assert lines["PROBLEM"] == "None" and lines["FAST"] == "True"
+        assert lines["PROBLEM"] == "None" and lines["FAST"] == "True" and lines["TRACED"] == "True"
     else:
         assert "TF_ENABLE_ONEDNN_OPTS=1" in lines["PROBLEM"] and lines["FAST"] == "False"
+        assert lines["TRACED"] == "False"
         assert "falls back to 'vectorized'" in out.stderr and "TF_ENABLE_ONEDNN_OPTS=1" in out.stderr
