@@ -4,9 +4,9 @@ One meta-iteration = pre-update rollouts (40 tasks x 20 rollouts x 200 steps), o
 policy-gradient step per task, post-update rollouts (the same size again), and the TRPO step on the
 meta-parameters (second-order meta-gradient, 10 conjugate-gradient iterations with KL Hessian-vector
 products, backtracking line search). Runs ``--warmup`` iterations first (tracing, environment
-creation), then times ``--iterations`` more and prints one JSON line with the means:
+creation, XLA compilation), then times ``--iterations`` more and prints one JSON line with the means:
 
-    s_per_iter   wall time of a whole meta-iteration
+    s_per_iter   wall time of a whole meta-iteration (also s_per_iter_median and s_each_iter)
     sampling_s   both batches of rollouts (physics in worker processes + policy evaluation)
     inner_s      advantages and baseline fits of the pre-update batch and the per-task inner step
     trpo_s       advantages of the post-update batch and the TRPO update; split into trpo_gradient_s
@@ -16,6 +16,11 @@ creation), then times ``--iterations`` more and prints one JSON line with the me
     python benchmarks/maml_trpo.py
     python benchmarks/maml_trpo.py --curvature=exact --hvp_subsample=1.0
     python benchmarks/maml_trpo.py --num_tasks=8                      # smaller batch
+    python benchmarks/maml_trpo.py --layout=vectorized --nojit_compile  # the settings before 2026-11-23
+
+It runs with the task's training settings (rl/train.py: for the half-cheetah the loop layout and XLA
+for the curvature products) and, like rl/train.py, with oneDNN's kernels unless TF_ENABLE_ONEDNN_OPTS
+is set.
 """
 
 import json
@@ -28,11 +33,13 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py (TF_ENABLE_ONEDNN_OPTS=0 in front measures without)
 
 import numpy as np  # noqa: E402
 
 from maml_tf.cli import quiet_tensorflow  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
+from rl.train import PRESETS  # noqa: E402
 from rl.sampler import Sampler, default_num_workers  # noqa: E402
 
 ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v1", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v1",
@@ -48,7 +55,10 @@ flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES, "KL Hessian
 flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of post-update rollouts used for the Fisher matrix in the curvature.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("first_order", False, "First-order MAML.")
-flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "Per-task layout.")
+flags.DEFINE_enum("layout", None, ("vectorized", "loop"), "Per-task layout (default: the task's training default, "
+                  "rl/train.py PRESETS).")
+flags.DEFINE_bool("jit_compile", None, "Compile the curvature products with XLA (default: the task's training "
+                  "default, rl/train.py PRESETS).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per core).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0)
 FLAGS = flags.FLAGS
@@ -60,8 +70,12 @@ KEYS = ("iteration_s", "sampling_s", "inner_s", "trpo_s", "trpo_gradient_s", "tr
 def main(argv):
     del argv
     quiet_tensorflow()
+    preset = PRESETS[FLAGS.task]
+    layout = FLAGS.layout or preset.layout
+    jit_compile = preset.jit_compile if FLAGS.jit_compile is None else FLAGS.jit_compile
     config = maml_trpo.Config(rollouts_per_task=FLAGS.rollouts, inner_lr=0.1, first_order=FLAGS.first_order,
-                              curvature=FLAGS.curvature, hvp_subsample=FLAGS.hvp_subsample, layout=FLAGS.layout)
+                              curvature=FLAGS.curvature, hvp_subsample=FLAGS.hvp_subsample, layout=layout,
+                              jit_compile=jit_compile)
     load_before = os.getloadavg()[0]
     with Sampler(ENV_IDS[FLAGS.task], num_workers=FLAGS.num_workers, horizon=FLAGS.horizon) as sampler:
         sampler.reserve(FLAGS.num_tasks * FLAGS.rollouts)
@@ -82,8 +96,10 @@ def main(argv):
     out = {
         "benchmark": "maml_trpo", "task": FLAGS.task, "num_tasks": FLAGS.num_tasks, "rollouts": FLAGS.rollouts,
         "horizon": FLAGS.horizon, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
-        "first_order": FLAGS.first_order, "layout": FLAGS.layout,
+        "first_order": FLAGS.first_order, "layout": layout, "jit_compile": jit_compile,
         "s_per_iter": round(mean["wall_s"], 2),
+        "s_per_iter_median": round(float(np.median([r["wall_s"] for r in runs])), 2),
+        "s_each_iter": [round(r["wall_s"], 2) for r in runs],
         **{k: round(mean[k], 2) for k in ("sampling_s", "inner_s", "trpo_s", "trpo_gradient_s", "trpo_hvp_s",
                                           "trpo_line_search_s")},
         "line_search_backtracks": mean["backtracks"],

@@ -115,6 +115,7 @@ class Config:
     curvature: str = "gauss_newton"
     hvp_subsample: float = 0.2      # fraction of each task's post-update rollouts used for F (gauss_newton)
     layout: str = "vectorized"
+    jit_compile: bool = False       # compile the curvature products with XLA (step axes padded to buckets)
     baseline: str = "per_task"      # or "previous_task": rllab's order, as the authors' code ran it
     batch_by: str = "steps"         # "steps": >= rollouts x horizon steps per task, episodes that end early
                                     # are followed by new ones (the authors' samplers); "episodes": exactly
@@ -216,6 +217,25 @@ def subsample_rollouts(data, lengths: np.ndarray, keep: int):
     return type(out)(remask(d) for d in out)
 
 
+def bucket_size(n: int, per_octave: int = 16) -> int:
+    """``n`` rounded up to a multiple of 2^(floor(log2 n) - log2 per_octave): at most ``per_octave``
+    sizes between consecutive powers of two, so at most 1/per_octave of padding."""
+    n = int(n)
+    if n <= per_octave:
+        return max(n, 1)
+    step = 2 ** (n.bit_length() - 1) // per_octave
+    return -(-n // step) * step
+
+
+def pad_steps(data, n: int):
+    """``data`` (``PolicyData`` or ``OldPolicy``) with its step axis (axis 1) zero-padded to ``n``; the
+    padded steps have mask 0, so every masked mean is unchanged."""
+    pad = n - int(data[0].shape[1])
+    if pad <= 0:
+        return data
+    return type(data)(*(tf.pad(x, [[0, 0], [0, pad]] + [[0, 0]] * (x.shape.rank - 2)) for x in data))
+
+
 def uniform_lengths(data: PolicyData, rollouts: int) -> np.ndarray:
     """[M, rollouts] lengths of a step axis holding ``rollouts`` episodes of equal length per task."""
     M, N = data.mask.shape[0], data.mask.shape[1]
@@ -293,7 +313,7 @@ class MetaObjective:
         self.loss_and_gradient = tf.function(self._loss_and_gradient, reduce_retracing=True)
         self.loss_and_kl = tf.function(self._loss_and_kl, reduce_retracing=True)
         self.hvp = tf.function(self._exact_hvp if c.curvature == "exact" else self._gauss_newton_hvp,
-                               reduce_retracing=True)
+                               reduce_retracing=True, jit_compile=c.jit_compile)
         self.adapted = tf.function(self._adapted_values, reduce_retracing=True)
         self.old_policy = tf.function(self._old_policy, reduce_retracing=True)
 
@@ -433,6 +453,9 @@ class MAMLTRPO:
         t0 = time.perf_counter()
         old = obj.old_policy(fast, post)
         pre_c, post_c, old_c = curvature_inputs(c, pre, post, old, lengths=post_eps.lengths)
+        if c.jit_compile:  # XLA compiles once per shape: a few padded sizes instead of one per batch
+            n_pre, n_post = bucket_size(pre_c.mask.shape[1]), bucket_size(post_c.mask.shape[1])
+            pre_c, post_c, old_c = pad_steps(pre_c, n_pre), pad_steps(post_c, n_post), pad_steps(old_c, n_post)
 
         parts = {"gradient_s": 0.0, "hvp_s": 0.0, "line_search_s": 0.0}
 

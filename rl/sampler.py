@@ -164,6 +164,14 @@ class _EnvGroup:
         terminated = np.zeros(n, dtype=bool)
         infos = np.zeros((n, len(self._info_keys)))
         obs, envs, keys = self._obs, self._envs, self._info_keys
+        step_many = getattr(type(envs[0]), "step_many", None) if envs else None
+        if step_many is not None and not keys:  # the same steps with less Python work per env
+            idx = np.flatnonzero(active)
+            if len(idx):
+                out = np.empty((len(idx), obs.shape[1]))
+                rewards[idx], terminated[idx] = step_many([envs[i] for i in idx], actions[idx], out)
+                obs[idx] = out
+            return obs, rewards, terminated, infos
         for i in np.flatnonzero(active):
             ob, rewards[i], term, _, info = envs[i].step(actions[i])
             obs[i] = ob

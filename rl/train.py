@@ -34,6 +34,9 @@ import time
 from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's kernels: TensorFlow's default on CPUs with AVX-512; on CPUs without it they make the TRPO step's
+# curvature products about 1.9x faster (benchmarks/maml_trpo.py, README). A user's value wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -55,6 +58,8 @@ class Preset:
     horizon: int
     inner_lr: float
     iterations: int = 500  # default meta-iterations of every method (paper: up to 500)
+    layout: str = "vectorized"  # per-task layout of the meta-objective (speed only; benchmarks/maml_trpo.py)
+    jit_compile: bool = False   # XLA for the curvature products (speed only; compiles once per padded shape)
 
 
 # Navigation follows the authors' evaluated 2D-navigation runs (their maml_examples/maml_trpo_point.py
@@ -71,8 +76,10 @@ class Preset:
 # rl/evaluate.py follows.
 PRESETS = {
     "navigation": Preset("maml_tf/Navigation2D-v1", "maml_tf/Navigation2DOracle-v1", 20, 100, 0.5, iterations=100),
-    "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v1", "maml_tf/HalfCheetahVelOracle-v1", 40, 200, 0.1),
-    "halfcheetah_dir": Preset("maml_tf/HalfCheetahDir-v1", "maml_tf/HalfCheetahDirOracle-v1", 40, 200, 0.1),
+    "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v1", "maml_tf/HalfCheetahVelOracle-v1", 40, 200, 0.1,
+                              layout="loop", jit_compile=True),
+    "halfcheetah_dir": Preset("maml_tf/HalfCheetahDir-v1", "maml_tf/HalfCheetahDirOracle-v1", 40, 200, 0.1,
+                              layout="loop", jit_compile=True),
     "ant_vel": Preset("maml_tf/AntVel-v1", "maml_tf/AntVelOracle-v1", 40, 200, 0.1),
     "ant_dir": Preset("maml_tf/AntDir-v1", "maml_tf/AntDirOracle-v1", 40, 200, 0.1),
 }
@@ -111,7 +118,11 @@ def define_flags(preset: Preset) -> None:
                       "the directions each way, goal velocities one per bin) instead of independent draws (the "
                       "paper's); the same task distribution, less imbalance within a batch.")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
-    flags.DEFINE_enum("layout", "vectorized", ("vectorized", "loop"), "How per-task computations are laid out.")
+    flags.DEFINE_enum("layout", preset.layout, ("vectorized", "loop"), "How per-task computations are laid out "
+                      "(speed only: the half-cheetah's default, loop, is the faster one there, benchmarks/maml_trpo.py).")
+    flags.DEFINE_bool("jit_compile", preset.jit_compile, "Compile the KL curvature products with XLA (speed only; "
+                      "the step axes are padded to a few sizes, each compiled once: worth it where the batch shapes "
+                      "repeat, as the half-cheetah's do).")
     flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
     flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core; 0: in-process).")
     flags.DEFINE_string("logdir", None, "Checkpoints and logs (default: results/rl/<task>/<method>).")
@@ -137,7 +148,8 @@ PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
 # Settings of the meta-optimiser that a resumed run takes from its config.json unless the flag is given
 # again; a changed value is announced and recorded in config.json under "changes" (a new iteration
 # count simply replaces the recorded one).
-RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout")
+RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout",
+                "jit_compile")
 
 
 def settings(task: str) -> dict:
@@ -155,7 +167,8 @@ def settings(task: str) -> dict:
         "inner_steps": 1 if method == "maml" else 0,
         "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "cg_iterations": FLAGS.cg_iterations,
         "cg_damping": FLAGS.cg_damping, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
-        "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout, "baseline": FLAGS.baseline,
+        "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout,
+        "jit_compile": FLAGS.jit_compile, "baseline": FLAGS.baseline,
         "batch_by": FLAGS.batch_by, "stratified_tasks": FLAGS.stratified_tasks,
         "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
         "seed": FLAGS.seed,
@@ -169,7 +182,8 @@ def learner_config(s: dict) -> maml_trpo.Config:
         first_order=s["first_order"], max_kl=s["max_kl"], cg_iterations=s["cg_iterations"],
         cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
         normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
-        hvp_subsample=s["hvp_subsample"], layout=s["layout"], baseline=s.get("baseline", "per_task"),
+        hvp_subsample=s["hvp_subsample"], layout=s["layout"], jit_compile=s.get("jit_compile", False),
+        baseline=s.get("baseline", "per_task"),
         batch_by=s.get("batch_by", "episodes"))
 
 

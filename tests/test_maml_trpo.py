@@ -140,6 +140,28 @@ def test_subsampled_curvature_keeps_the_inner_step_on_all_pre_update_rollouts():
     assert np.linalg.norm(trpo.flatten(hv_sub).numpy() - hessian @ v) > 1e-3 * np.linalg.norm(hessian @ v)
 
 
+def test_xla_curvature_on_padded_steps_equals_the_explicit_hessian():
+    """jit_compile=True: the products compiled by XLA, on step axes zero-padded as MAMLTRPO.step pads
+    them, against the explicit Hessian of the unpadded KL."""
+    model, gn, w0, pre, post, old, fast = tiny_setup()
+    hessian, _ = explicit_hessian(lambda w: gn._terms(w, pre, post, old, first_order=False)[1], w0)
+    config = maml_trpo.Config(**{**gn.config.__dict__, "jit_compile": True})
+    padded = [maml_trpo.pad_steps(x, 11) for x in (pre, post, old)]
+    assert padded[0].obs.shape[1] == padded[2].mean.shape[1] == 11 and float(tf.reduce_sum(padded[0].mask)) == \
+        float(tf.reduce_sum(pre.mask))
+    v = np.random.default_rng(9).normal(size=hessian.shape[0])
+    hv = maml_trpo.MetaObjective(model, config).hvp(w0, trpo.unflatten(v, w0), *padded, fast)
+    np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
+
+
+def test_bucket_sizes_bound_padding_and_the_number_of_shapes():
+    sizes = np.array([maml_trpo.bucket_size(n) for n in range(1, 20000)])
+    n = np.arange(1, 20000)
+    assert np.all(sizes >= n) and np.all(sizes - n <= np.maximum(n / 16, 0))
+    assert len(set(sizes[(n > 2048) & (n <= 4096)])) == 16  # 16 sizes per octave
+    assert maml_trpo.bucket_size(800) == 800 and maml_trpo.bucket_size(4000) == 4096
+
+
 def test_packing_keeps_every_valid_step_in_order_and_the_losses_unchanged():
     rng = np.random.default_rng(3)
     lengths = np.array([[4, 1, 0], [2, 3, 2]])  # task 0: 5 valid steps (and a padding episode), task 1: 7
@@ -203,10 +225,11 @@ def nav_sampler():
         yield sampler
 
 
-@pytest.mark.parametrize("inner_steps", [1, 0])
-def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inner_steps):
-    model = policies.gaussian_mlp_policy(2, 2, seed=0, name=f"nav{inner_steps}")
-    config = maml_trpo.Config(rollouts_per_task=4, inner_lr=0.5, inner_steps=inner_steps, hvp_subsample=0.5, layout=LAYOUT)
+@pytest.mark.parametrize("inner_steps, jit_compile", [(1, False), (0, False), (1, True)])
+def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inner_steps, jit_compile):
+    model = policies.gaussian_mlp_policy(2, 2, seed=0, name=f"nav{inner_steps}{jit_compile}")
+    config = maml_trpo.Config(rollouts_per_task=4, inner_lr=0.5, inner_steps=inner_steps, hvp_subsample=0.5,
+                              layout=LAYOUT, jit_compile=jit_compile)
     learner = maml_trpo.MAMLTRPO(model, nav_sampler, config)
     tasks = nav_sampler.sample_tasks(2, np.random.default_rng(0))
     for i in range(2 if inner_steps else 1):

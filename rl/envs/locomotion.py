@@ -174,6 +174,47 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
             return np.concatenate((self._qpos[skip:], self._qvel, self._subtree_com[self._torso], self._task_obs))
         return np.concatenate((self._qpos[skip:], self._qvel, self._task_obs))
 
+    @classmethod
+    def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Steps ``envs`` (instances of one class made with the same arguments, tasks may differ) with
+        ``actions`` [n, act_dim]: the same physics and the same floating-point operations as calling
+        ``step`` on each, with less Python work per env (the sampler's workers use it). Writes the
+        observations into ``obs_out`` [n, obs_dim]; returns (rewards [n], terminated [n]); no infos."""
+        n = len(envs)
+        if any(env._task is None for env in envs):
+            raise RuntimeError("Call reset() before step().")
+        first = envs[0]
+        applied = first._action_map.many(actions)
+        model, frame_skip, rllab = first.model, first.frame_skip, first._rllab
+        skip = 1 if first._exclude_current_positions_from_observation else 0
+        nq, nv = model.nq - skip, model.nv
+        velocity, ctrl_cost = np.empty(n), np.empty(n)
+        step1, step2 = mujoco.mj_step1, mujoco.mj_step2
+        for i, env in enumerate(envs):
+            a = applied[i]
+            env._ctrl[:] = a
+            data, qpos, out = env.data, env._qpos, obs_out[i]
+            if rllab:
+                for _ in range(frame_skip):
+                    step2(model, data)
+                    step1(model, data)
+                mujoco.mj_subtreeVel(model, data)
+                velocity[i] = env._subtree_linvel[env._torso, 0]
+                out[nq + nv:nq + nv + 3] = env._subtree_com[env._torso]
+                end = nq + nv + 3
+            else:
+                x_before = float(qpos[0])
+                mujoco.mj_step(model, data, nstep=frame_skip)
+                velocity[i] = (float(qpos[0]) - x_before) / env._dt
+                end = nq + nv
+            ctrl_cost[i] = a @ a
+            out[:nq] = qpos[skip:]
+            out[nq:nq + nv] = env._qvel
+            out[end:] = env._task_obs
+        tasks = np.array([env._task for env in envs], dtype=np.float64)
+        rewards = first.family.forward_reward(velocity, tasks) - first._ctrl_cost_weight * ctrl_cost
+        return rewards, np.zeros(n, dtype=bool)
+
     def reset_model(self):
         if not self._rllab:
             return super().reset_model()

@@ -149,6 +149,15 @@ class ActionMap:
             a = a * self._affine[0] + self._affine[1]
         return np.minimum(np.maximum(a, self.low), self.high)  # np.clip, with less call overhead
 
+    def many(self, actions) -> np.ndarray:
+        """``self(a)`` for each row of ``actions`` [n, k] (the same elementwise operations)."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1:] != self.low.shape:
+            raise ValueError(f"Expected actions of shape [n, {self.low.shape[0]}], got shape {a.shape}.")
+        if self._affine is not None:
+            a = a * self._affine[0] + self._affine[1]
+        return np.minimum(np.maximum(a, self.low), self.high)
+
 
 class TaskEnvMixin:
     """Task handling shared by the task environments (the class sets ``family``).
