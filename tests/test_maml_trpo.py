@@ -157,9 +157,9 @@ def test_xla_curvature_on_padded_steps_equals_the_explicit_hessian():
 def test_bucket_sizes_bound_padding_and_the_number_of_shapes():
     sizes = np.array([maml_trpo.bucket_size(n) for n in range(1, 20000)])
     n = np.arange(1, 20000)
-    assert np.all(sizes >= n) and np.all(sizes - n <= np.maximum(n / 16, 0))
-    assert len(set(sizes[(n > 2048) & (n <= 4096)])) == 16  # 16 sizes per octave
-    assert maml_trpo.bucket_size(800) == 800 and maml_trpo.bucket_size(4000) == 4096
+    assert np.all(sizes >= n) and np.all(sizes - n <= n / 32)
+    assert len(set(sizes[(n > 2048) & (n <= 4096)])) == 32  # 32 sizes per octave
+    assert maml_trpo.bucket_size(800) == 800 and maml_trpo.bucket_size(4000) == 4032
 
 
 def test_packing_keeps_every_valid_step_in_order_and_the_losses_unchanged():
