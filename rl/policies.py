@@ -150,13 +150,18 @@ def make_policy_fn(model: keras.Model):
 
     def policy_fn(weights: Weights, rng: np.random.Generator, per_task: bool = False):
         fn = compiled(weights, per_task)
+        concretes = {}
         act_dim = model.outputs[0].shape[-1]
         np_dtype = dtype.as_numpy_dtype
 
         def act(obs):
             obs = np.asarray(obs, dtype=np_dtype)
             noise = rng.standard_normal(obs.shape[:-1] + (act_dim,)).astype(np_dtype, copy=False)
-            return fn(obs, noise).numpy()
+            concrete = concretes.get(obs.shape)
+            if concrete is None:  # calling the traced graph directly skips tf.function's dispatch (~0.6 ms a call)
+                concrete = concretes[obs.shape] = fn.get_concrete_function(
+                    tf.TensorSpec(obs.shape, dtype), tf.TensorSpec(noise.shape, dtype))
+            return concrete(tf.constant(obs), tf.constant(noise)).numpy()
 
         return act
 
