@@ -169,10 +169,22 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
         self._setup_task(task, oracle, normalized_actions)
 
     def _get_obs(self):
-        skip = 1 if self._exclude_current_positions_from_observation else 0
+        out = np.empty(self.observation_space.shape[0])
+        self._write_obs(out)
+        return out
+
+    def _write_obs(self, out: np.ndarray) -> None:
+        """Writes the observation into ``out``: qpos (without the root x), qvel, for ``rllab`` the
+        torso subtree's centre of mass, and the task's features for an oracle."""
+        qpos = self._qpos[1:] if self._exclude_current_positions_from_observation else self._qpos
+        nq, nv = len(qpos), len(self._qvel)
+        out[:nq] = qpos
+        out[nq:nq + nv] = self._qvel
+        end = nq + nv
         if self._rllab:
-            return np.concatenate((self._qpos[skip:], self._qvel, self._subtree_com[self._torso], self._task_obs))
-        return np.concatenate((self._qpos[skip:], self._qvel, self._task_obs))
+            out[end:end + 3] = self._subtree_com[self._torso]
+            end += 3
+        out[end:] = self._task_obs
 
     @classmethod
     def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,32 +197,13 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
             raise RuntimeError("Call reset() before step().")
         first = envs[0]
         applied = first._action_map.many(actions)
-        model, frame_skip, rllab = first.model, first.frame_skip, first._rllab
-        skip = 1 if first._exclude_current_positions_from_observation else 0
-        nq, nv = model.nq - skip, model.nv
         velocity, ctrl_cost = np.empty(n), np.empty(n)
-        step1, step2 = mujoco.mj_step1, mujoco.mj_step2
         for i, env in enumerate(envs):
             a = applied[i]
             env._ctrl[:] = a
-            data, qpos, out = env.data, env._qpos, obs_out[i]
-            if rllab:
-                for _ in range(frame_skip):
-                    step2(model, data)
-                    step1(model, data)
-                mujoco.mj_subtreeVel(model, data)
-                velocity[i] = env._subtree_linvel[env._torso, 0]
-                out[nq + nv:nq + nv + 3] = env._subtree_com[env._torso]
-                end = nq + nv + 3
-            else:
-                x_before = float(qpos[0])
-                mujoco.mj_step(model, data, nstep=frame_skip)
-                velocity[i] = (float(qpos[0]) - x_before) / env._dt
-                end = nq + nv
+            velocity[i] = env._advance()
             ctrl_cost[i] = a @ a
-            out[:nq] = qpos[skip:]
-            out[nq:nq + nv] = env._qvel
-            out[end:] = env._task_obs
+            env._write_obs(obs_out[i])
         tasks = np.array([env._task for env in envs], dtype=np.float64)
         rewards = first.family.forward_reward(velocity, tasks) - first._ctrl_cost_weight * ctrl_cost
         return rewards, np.zeros(n, dtype=bool)
@@ -221,26 +214,28 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
         self._reset_rllab_state()
         return self._get_obs()
 
-    def _step_rllab(self, action) -> tuple[np.ndarray, float]:
-        """rllab's step: physics steps, then the forward pass of the new state (rllab calls mj_step,
-        then mj_forward); the velocity is the torso subtree's centre-of-mass velocity at the new state.
-        mj_step2 + mj_step1 does the same work without repeating the forward pass in the next mj_step
-        (valid because every state this env reaches has had its position/velocity stage computed:
-        set_state runs mj_forward, and each step ends with mj_step1)."""
-        applied = self._apply_action(action)
-        for _ in range(self.frame_skip):
-            mujoco.mj_step2(self.model, self.data)
-            mujoco.mj_step1(self.model, self.data)
-        mujoco.mj_subtreeVel(self.model, self.data)
-        return applied, float(self._subtree_linvel[self._torso, 0])
+    def _advance(self) -> float:
+        """Runs the physics of one action (controls already set); returns the forward velocity.
+
+        rllab's step (``convention="rllab"``): physics steps, then the forward pass of the new state
+        (rllab calls mj_step, then mj_forward); the velocity is the torso subtree's centre-of-mass
+        velocity at the new state. mj_step2 + mj_step1 does the same work without repeating the forward
+        pass in the next mj_step (valid because every state this env reaches has had its
+        position/velocity stage computed: set_state runs mj_forward, and each step ends with mj_step1).
+        gymnasium's: frame_skip mj_steps, v = the root's x displacement / dt."""
+        if self._rllab:
+            for _ in range(self.frame_skip):
+                mujoco.mj_step2(self.model, self.data)
+                mujoco.mj_step1(self.model, self.data)
+            mujoco.mj_subtreeVel(self.model, self.data)
+            return float(self._subtree_linvel[self._torso, 0])
+        x_before = float(self._qpos[0])
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        return (float(self._qpos[0]) - x_before) / self._dt
 
     def step(self, action):
-        if self._rllab:
-            applied, velocity = self._step_rllab(action)
-        else:
-            x_before = float(self._qpos[0])
-            applied = self._simulate(action)
-            velocity = (float(self._qpos[0]) - x_before) / self._dt
+        applied = self._apply_action(action)
+        velocity = self._advance()
         x_after = float(self._qpos[0])
         reward_forward = self.family.forward_reward(velocity, self._task)
         ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
