@@ -145,18 +145,19 @@ class ActionMap:
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.low.shape:
             raise ValueError(f"Expected an action of shape {self.low.shape}, got shape {a.shape}.")
-        if self._affine is not None:
-            a = a * self._affine[0] + self._affine[1]
-        return np.minimum(np.maximum(a, self.low), self.high)  # np.clip, with less call overhead
+        return self._map(a)
 
     def many(self, actions) -> np.ndarray:
         """``self(a)`` for each row of ``actions`` [n, k] (the same elementwise operations)."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[1:] != self.low.shape:
             raise ValueError(f"Expected actions of shape [n, {self.low.shape[0]}], got shape {a.shape}.")
+        return self._map(a)
+
+    def _map(self, a: np.ndarray) -> np.ndarray:
         if self._affine is not None:
             a = a * self._affine[0] + self._affine[1]
-        return np.minimum(np.maximum(a, self.low), self.high)
+        return np.minimum(np.maximum(a, self.low), self.high)  # np.clip, with less call overhead
 
 
 class TaskEnvMixin:
