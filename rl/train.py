@@ -14,10 +14,11 @@ Methods:
   pretrained  TRPO on the tasks of each meta-batch jointly (tasks resampled every iteration), no inner step
   oracle      TRPO, no inner step, on the Oracle variant of the environment (task parameter in the observation)
 
-Runs are resumable (the same command continues from ``<logdir>/ckpt``, saved every
-``--checkpoint_every`` iterations; the meta-optimiser's settings, ``--iterations`` and ``--max_kl`` among
-them, default to the run's own from its ``config.json``, and a flag that changes one is announced and
-recorded there under ``"changes"``); the best iteration by average return (post-update for MAML) is kept
+Runs are resumable (the same command, or just ``--logdir``, continues from ``<logdir>/ckpt``, saved every
+``--checkpoint_every`` iterations; the run's model and data settings (``--seed``, ``--inner_lr``,
+``--meta_batch_size``, ...) come from its ``config.json`` where no flag is given, and a flag that contradicts
+one is refused; the meta-optimiser's settings, ``--iterations`` and ``--max_kl`` among them, also default to
+the run's own, and a flag that changes one is announced and recorded there under ``"changes"``); the best iteration by average return (post-update for MAML) is kept
 in ``<logdir>/best`` (as in rllab, the checkpoint of iteration i holds the parameters after its TRPO
 update, the return was measured just before it). TensorBoard scalars are in ``<logdir>/tb``, every
 iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py``.
@@ -150,6 +151,10 @@ PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
 # count simply replaces the recorded one).
 RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout",
                 "jit_compile")
+# Settings of the model and its data (MODEL_KEYS set by flags) that a resumed run takes from its config.json
+# when the flag is not given: resuming needs only --logdir. A flag given with another value is refused.
+ADOPTED_KEYS = ("seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr", "first_order",
+                "normalize_advantages", "baseline", "batch_by", "stratified_tasks")
 
 
 def settings(task: str) -> dict:
@@ -247,6 +252,19 @@ def current_settings(recorded: dict) -> dict:
     return current
 
 
+def _adopt_recorded(name: str, logdir: str, s: dict, recorded: dict) -> None:
+    """In a log directory that holds a run (its config.json), take the run's own ADOPTED_KEYS from its config.json where no flag was given (so that a
+    run trained with, say, --inner_lr=0.5 resumes with it, not with the preset's value); announce those
+    that differ from the flags' defaults."""
+    adopted = {}
+    for key in ADOPTED_KEYS:
+        if key in recorded and not FLAGS[key].present and s[key] != recorded[key]:
+            s[key] = adopted[key] = recorded[key]
+    if adopted:
+        said = ", ".join(f"{k}={v!r}" for k, v in adopted.items())
+        print(f"[{name}] resuming with the run's own {said} (from {os.path.join(logdir, 'config.json')})", flush=True)
+
+
 def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int) -> None:
     """On resume, fill ``s`` with the run's own optimiser settings where no flag was given, and record
     the ones a flag changes (so that e.g. a run trained with --max_kl=0.005 does not silently go on
@@ -282,6 +300,7 @@ def train_task(task: str) -> dict:
                 raise ValueError(f"{logdir} holds a run from before --{key}, which {what}; "
                                  f"resume it without --{key} or use another --logdir.")
             s[key] = then  # what the run was trained with
+    _adopt_recorded(f"{task}/{s['method']}", logdir, s, recorded)
     check_config(logdir, s, MODEL_KEYS)
     name = f"{task}/{s['method']}"
     start = _start_iteration(logdir)

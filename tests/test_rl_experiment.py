@@ -86,6 +86,28 @@ def test_stratified_tasks_is_part_of_a_run(tmp_path):
     assert json.loads((logdir / "training.json").read_text())["iterations"] == 2
 
 
+def test_a_run_resumes_with_its_own_settings_from_logdir_alone(tmp_path):
+    logdir = tmp_path / "maml"
+    own = ["--inner_lr=0.3", "--seed=2", "--horizon=20", "--stratified_tasks"]
+    made = run("rl/train_navigation.py", *TINY, *own, "--iterations=1", f"--logdir={logdir}")
+    assert made.returncode == 0, made.stderr[-2000:]
+    refused = run("rl/train_navigation.py", "--num_workers=0", "--inner_lr=0.5", "--iterations=2", f"--logdir={logdir}")
+    assert refused.returncode != 0 and "inner_lr=0.3 but this run asks for inner_lr=0.5" in refused.stderr
+    resumed = run("rl/train_navigation.py", "--num_workers=0", "--iterations=2", f"--logdir={logdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at iteration 1" in resumed.stdout and "2/2" in resumed.stdout
+    assert "resuming with the run's own" in resumed.stdout and "inner_lr=0.3" in resumed.stdout
+    settings = json.loads((logdir / "training.json").read_text())["settings"]
+    expected = {"inner_lr": 0.3, "seed": 2, "horizon": 20, "stratified_tasks": True, "meta_batch_size": 2,
+                "rollouts_per_task": 2, "iterations": 2}
+    assert {k: settings[k] for k in expected} == expected
+    rows = (logdir / "progress.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    steps = [float(r.split(",")[header.index("env_steps")]) for r in rows[1:]]
+    # pre + post batches of 2 tasks, each under (2 + 1) episodes of the run's horizon 20 (at least 800 with 100)
+    assert len(steps) == 2 and steps[1] < 2 * 2 * 3 * 20
+
+
 def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
     logdir = tmp_path / "maml"
     assert run("rl/train_navigation.py", *TINY, "--iterations=1", "--max_kl=0.001", f"--logdir={logdir}").returncode == 0
