@@ -348,9 +348,10 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
 
 
 def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: str, defaults: dict) -> Config:
-    """The run's settings: each flag given on the command line, else (in ``--eval_only``) the value
-    stored with the run, else the flag's value, or ``defaults[name]`` (the paper's preset) when the
-    flag is unset. ``dataset`` and ``model`` are used for a new run (a stored run keeps its own)."""
+    """The run's settings: each flag given on the command line, else the value stored with the run (in
+    ``--eval_only`` or on resume: ``stored``), else the flag's value, or ``defaults[name]`` (the paper's
+    preset) when the flag is unset. ``dataset`` and ``model`` are used for a new run (a stored run keeps
+    its own)."""
 
     def pick(name):
         if flag_values[name].present or stored is None or name not in stored:
@@ -371,7 +372,7 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
 
 def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
     """What both entry points do first: TensorFlow threads from the flags, and the run's settings
-    (in ``--eval_only``, those stored in ``--logdir``)."""
+    (in ``--eval_only`` or when ``--logdir`` holds a run, those stored there)."""
     if flag_values.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(flag_values.intra_op_threads)
     if flag_values.inter_op_threads:
@@ -381,7 +382,29 @@ def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) 
         if not flag_values.logdir:
             raise ValueError("--eval_only needs --logdir, the folder of a trained run.")
         stored = read_config(flag_values.logdir)
+    elif flag_values.logdir and os.path.exists(os.path.join(flag_values.logdir, "config.json")):
+        return resumed_config(flag_values, config_from_flags)
     return config_from_flags(stored)
+
+
+def resumed_config(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
+    """The settings of a run resumed in ``--logdir``: its own (config.json) where no flag is given, so
+    that ``--logdir`` alone resumes it; ``--iterations`` (or the preset's) sets how far it goes. A flag that
+    contradicts the run is refused later (:func:`maml_tf.training.check_config`), ``--model`` here."""
+    logdir = flag_values.logdir
+    stored = {k: v for k, v in read_config(logdir).items() if k != "iterations"}
+    if "model" in flag_values and flag_values["model"].present and flag_values.model != stored.get("model"):
+        raise CheckpointError(f"{logdir} holds a run with model={stored.get('model')!r} but this run asks for "
+                              f"model={flag_values.model!r}; use another --logdir or the same settings.")
+    cfg, fresh = config_from_flags(stored), config_from_flags(None)
+    if "val_tasks" in stored and not flag_values["val_tasks"].present:  # validations compared across sessions
+        cfg = dataclasses.replace(cfg, val_tasks=stored["val_tasks"])
+    adopted = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+               if getattr(cfg, f.name) != getattr(fresh, f.name)}
+    if adopted:
+        print(f"resuming {logdir} with the run's own " + ", ".join(f"{k}={v!r}" for k, v in adopted.items()),
+              flush=True)
+    return cfg
 
 
 def read_config(logdir: str) -> dict:

@@ -63,7 +63,7 @@ flags.register_multi_flags_validator(
 
 
 def config_from_flags(stored: dict | None = None):
-    """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
+    """The run's settings: flags, else (in --eval_only or on resume) the stored config, else the paper's preset."""
     import fewshot
     num_shots = FLAGS.num_shots if FLAGS["num_shots"].present or not stored else stored["num_shots"]
     return fewshot.config_from_flags(

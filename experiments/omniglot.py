@@ -77,7 +77,7 @@ flags.register_multi_flags_validator(
 
 
 def config_from_flags(stored: dict | None = None):
-    """The run's settings: flags, else (in --eval_only) the stored config, else the paper's preset."""
+    """The run's settings: flags, else (in --eval_only or on resume) the stored config, else the paper's preset."""
     import fewshot
     num_ways = FLAGS.num_ways if FLAGS["num_ways"].present or not stored else stored["num_ways"]
     num_shots = FLAGS.num_shots if FLAGS["num_shots"].present or not stored else stored["num_shots"]
@@ -103,6 +103,25 @@ def load_splits(cfg):
         "test": splits.test.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query),
     }
     return splits, {k: fewshot.episode_sampler(s) for k, s in samplers.items()}
+
+
+def check_split(splits, logdir: str) -> None:
+    """A run in ``logdir`` resumes and is evaluated on the character split it was made with (its
+    split.json): another split would mix its validation or test characters into training."""
+    path = os.path.join(logdir, "split.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        try:
+            old = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}).") from None
+    new = splits.to_json()
+    if old.get("characters") != new["characters"] or old.get("rotations") != new["rotations"]:
+        sizes = ", ".join(f"{len(v)} {k}" for k, v in old.get("characters", {}).items())
+        raise ValueError(f"{logdir} holds a run made on another character split ({sizes} characters in "
+                              f"split.json); pass the --num_train_characters and --num_val_characters it was made "
+                              f"with, or use another --logdir.")
 
 
 def split_record(splits, logdir: str) -> dict:
@@ -132,6 +151,7 @@ def main(argv):
         print(f"note: the paper has no {cfg.num_ways}-way setting; unset flags take the "
               f"{5 if cfg.num_ways < 20 else 20}-way preset.", file=sys.stderr)
     splits, samplers = load_splits(cfg)
+    check_split(splits, logdir)
     build = {"conv": lambda: models.omniglot_conv(cfg.num_ways),
              "mlp": lambda: models.mlp_classifier(cfg.num_ways)}[cfg.model]
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)

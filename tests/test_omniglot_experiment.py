@@ -86,6 +86,30 @@ def test_train_resume_evaluate(data_dir, tmp_path):
     assert "matches" in again.stdout
 
 
+def test_logdir_alone_resumes_a_run_with_its_own_settings(data_dir, tmp_path):
+    logdir = tmp_path / "run"
+    data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY[:3], "--eval_tasks=10", "--eval_batch_size=5"]
+    run(*data, *TINY[3:], "--inner_lr=0.3", "--meta_batch_size=3", "--seed=1", "--iterations=2")
+    refused = run(*data, "--inner_lr=0.5", "--iterations=4", check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "inner_lr=0.3 but this run asks for inner_lr=0.5" in refused.stderr
+    refused = run(*data, "--model=mlp", "--iterations=4", check=False)
+    assert refused.returncode != 0 and "model='conv' but this run asks for model='mlp'" in refused.stderr
+    other_split = [a if a != "--num_val_characters=2" else "--num_val_characters=3" for a in data]
+    for args in (other_split + ["--iterations=4"], other_split + ["--eval_only"]):
+        refused = run(*args, check=False)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert "another character split (4 train, 2 val, 3 test characters" in refused.stderr, refused.stderr
+    resumed = run(*data, "--iterations=4")
+    assert "resuming" in resumed.stdout and "inner_lr=0.3" in resumed.stdout and "meta_batch_size=3" in resumed.stdout
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert metrics["iterations"] == 4 and metrics["seed"] == 1
+    assert {k: metrics["config"][k] for k in ("inner_lr", "meta_batch_size", "val_tasks", "validate_every")} == {
+        "inner_lr": 0.3, "meta_batch_size": 3, "val_tasks": 6, "validate_every": 2}
+    history = [json.loads(line) for line in (logdir / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history if "val_accuracy" in h] == [2, 4]  # the run's own validate_every
+
+
 @pytest.mark.parametrize("args, message", [
     (["--num_shots=15", "--num_query=10"], "at most 20"),
     (["--num_ways=0"], "--num_ways must be a positive integer"),
