@@ -208,38 +208,54 @@ def test_restarted_episodes_use_their_own_seeds_whatever_the_worker_count():
     assert (runs[0].valid.sum(axis=1) > 3).all()
 
 
-@pytest.mark.parametrize("env_id", ["maml_tf/HalfCheetahVel-v0", "maml_tf/HalfCheetahDir-v1",
-                                    "maml_tf/HalfCheetahVelOracle-v1"])
-def test_step_many_is_step_on_each_env_bit_for_bit(env_id):
+@pytest.mark.parametrize("env_id,steps", [
+    ("maml_tf/HalfCheetahVel-v0", 60), ("maml_tf/HalfCheetahDir-v1", 60), ("maml_tf/HalfCheetahVelOracle-v1", 60),
+    ("maml_tf/AntVel-v1", 150), ("maml_tf/AntDir-v1", 150), ("maml_tf/AntVel-v0", 150),
+    ("maml_tf/AntDirOracle-v1", 60)])
+def test_step_many_is_step_on_each_env_bit_for_bit(env_id, steps):
     """The workers' batched step (used when no infos are recorded) against env.step, on actions
-    partly outside [-1, 1]: the same observations, rewards and flags, exactly."""
+    partly outside [-1, 1]: the same observations, rewards and flags, exactly (for the ant, through
+    falls: an env whose episode ended is reset, as the sampler would)."""
     n = 4
     batched = [rl.envs.make_raw(env_id) for _ in range(n)]
     single = [rl.envs.make_raw(env_id) for _ in range(n)]
+    act_dim = batched[0].action_space.shape[0]
     rng = np.random.default_rng(3)
     tasks = type(batched[0]).sample_tasks(n, rng)
     for i in range(n):
         for env in (batched[i], single[i]):
             env.set_task(tasks[i])
             env.reset(seed=i)
-    for _ in range(60):
-        actions = 1.5 * rng.normal(size=(n, 6))
+    ended = 0
+    for t in range(steps):
+        actions = 1.5 * rng.normal(size=(n, act_dim))
         obs = np.empty((n, batched[0].observation_space.shape[0]))
         rewards, terminated = type(batched[0]).step_many(batched, actions, obs)
         for i in range(n):
             ob, reward, term, _, _ = single[i].step(actions[i])
             np.testing.assert_array_equal(obs[i], ob)
             assert rewards[i] == reward and terminated[i] == term
+            if term:
+                ended += 1
+                for env in (batched[i], single[i]):
+                    env.reset(seed=100 + t)
+    if env_id.startswith("maml_tf/Ant") and steps > 100:
+        assert ended > 0  # falls (and resets) were covered
     with pytest.raises(ValueError, match="shape"):
-        type(batched[0]).step_many(batched, np.zeros((n, 5)), obs)
+        type(batched[0]).step_many(batched, np.zeros((n, act_dim - 1)), obs)
 
 
-def test_sampler_fast_path_gives_the_episodes_of_the_per_env_path():
-    """Without info keys the workers use step_many; with them, env.step: identical episodes."""
+@pytest.mark.parametrize("env_id,act_dim,horizon", [("maml_tf/HalfCheetahVel-v1", 6, 20), ("maml_tf/AntVel-v1", 8, 200)])
+def test_sampler_fast_path_gives_the_episodes_of_the_per_env_path(env_id, act_dim, horizon):
+    """Without info keys the workers use step_many; with them, env.step: identical episodes (for the
+    ant, some end early when it falls)."""
     tasks = np.array([0.3, 1.7])
     out = []
     for keys in ((), ("x_velocity",)):
-        with Sampler("maml_tf/HalfCheetahVel-v1", num_workers=2, horizon=20, info_keys=keys) as sampler:
-            out.append(sampler.sample(tasks, gaussian_policy(6, seed=4), rollouts_per_task=3, seed=5))
+        with Sampler(env_id, num_workers=2, horizon=horizon, info_keys=keys) as sampler:
+            out.append(sampler.sample(tasks, gaussian_policy(act_dim, seed=4, scale=2.0), rollouts_per_task=3,
+                                      seed=5))
     for field in ["obs", "actions", "rewards", "mask", "lengths", "final_obs"]:
         np.testing.assert_array_equal(getattr(out[0], field), getattr(out[1], field))
+    if env_id.startswith("maml_tf/Ant"):
+        assert (out[0].lengths < horizon).any()

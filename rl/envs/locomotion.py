@@ -290,16 +290,25 @@ class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
         return np.minimum(np.maximum(self._cfrc_ext, self._contact_low), self._contact_high)
 
     def _get_obs(self, contact_forces=None):
-        forces = self._contact_forces() if contact_forces is None else contact_forces
-        if self._rllab:  # rllab: qpos, qvel, clipped external forces of every body, torso rotation, torso COM
-            return np.concatenate((self._qpos, self._qvel, forces.ravel(), self._xmat[self._torso],
-                                   self._subtree_com[self._torso], self._task_obs))
-        parts = [self._qpos[2:] if self._exclude_current_positions_from_observation else self._qpos,
-                 self._qvel]
-        if self._include_cfrc_ext_in_observation:
-            parts.append(forces[1:].ravel())
-        parts.append(self._task_obs)
-        return np.concatenate(parts)
+        out = np.empty(self.observation_space.shape[0])
+        self._write_obs(out, self._contact_forces() if contact_forces is None else contact_forces)
+        return out
+
+    def _write_obs(self, out: np.ndarray, forces: np.ndarray) -> None:
+        """Writes the observation into ``out``. rllab: qpos, qvel, the clipped external forces of every
+        body, the torso's rotation matrix and centre of mass; gymnasium's Ant-v5: qpos (without x, y),
+        qvel, the clipped external forces of the bodies after the world; then an oracle's task features."""
+        if self._rllab:
+            parts = (self._qpos, self._qvel, forces.ravel(), self._xmat[self._torso], self._subtree_com[self._torso])
+        else:
+            parts = (self._qpos[2:] if self._exclude_current_positions_from_observation else self._qpos, self._qvel)
+            if self._include_cfrc_ext_in_observation:
+                parts += (forces[1:].ravel(),)
+        end = 0
+        for part in parts:
+            out[end:end + len(part)] = part
+            end += len(part)
+        out[end:] = self._task_obs
 
     def reset_model(self):
         if not self._rllab:
@@ -308,32 +317,71 @@ class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
         mujoco.mj_rnePostConstraint(self.model, self.data)  # external forces of the reset state
         return self._get_obs()
 
-    def step(self, action):
+    def _advance(self) -> tuple[float, float, float, float]:
+        """Runs the physics of one action (controls already set); returns the x and y velocities and
+        positions after it.
+
+        rllab (``convention="rllab"``): mj_step, then mj_forward; the velocity is the torso subtree's
+        centre-of-mass velocity at the new state. gymnasium's: frame_skip mj_steps, the velocity is the
+        root's displacement / dt. Both then fill the external contact forces (cfrc_ext)."""
         qpos = self._qpos
         x_before, y_before = float(qpos[0]), float(qpos[1])
-        applied = self._simulate(action)
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         if self._rllab:
-            # rllab: mj_step, then mj_forward; its velocity is the torso subtree's COM velocity
             mujoco.mj_forward(self.model, self.data)
             mujoco.mj_rnePostConstraint(self.model, self.data)
             mujoco.mj_subtreeVel(self.model, self.data)
-        else:
-            mujoco.mj_rnePostConstraint(self.model, self.data)  # fills cfrc_ext (as gymnasium does)
-        x_after, y_after = float(qpos[0]), float(qpos[1])
-        if self._rllab:
             x_velocity, y_velocity = map(float, self._subtree_linvel[self._torso, :2])
-        else:
-            x_velocity = (x_after - x_before) / self._dt
-            y_velocity = (y_after - y_before) / self._dt
-        reward_forward = self.family.forward_reward(x_velocity, self._task)
-        if self._rllab and isinstance(self.family, VelocityTasks):
-            reward_forward += 1.0  # rllab's goal-velocity ant: "make it happy, not suicidal"
+            return x_velocity, y_velocity, float(qpos[0]), float(qpos[1])
+        mujoco.mj_rnePostConstraint(self.model, self.data)  # fills cfrc_ext (as gymnasium does)
+        x_after, y_after = float(qpos[0]), float(qpos[1])
+        return (x_after - x_before) / self._dt, (y_after - y_before) / self._dt, x_after, y_after
+
+    def _healthy(self) -> bool:
+        z_low, z_high = self._healthy_z_range
+        return bool(z_low <= self._qpos[2] <= z_high and np.isfinite(self._qpos).all()
+                    and np.isfinite(self._qvel).all())
+
+    def _happy_bonus(self) -> float:
+        """rllab's goal-velocity ant adds 1 to its forward reward ("make it happy, not suicidal")."""
+        return 1.0 if self._rllab and isinstance(self.family, VelocityTasks) else 0.0
+
+    @classmethod
+    def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Steps ``envs`` (instances of one class made with the same arguments, tasks may differ) with
+        ``actions`` [n, act_dim]: the same physics and the same floating-point operations as calling
+        ``step`` on each, with less Python work per env (the sampler's workers use it). Writes the
+        observations into ``obs_out`` [n, obs_dim]; returns (rewards [n], terminated [n]); no infos."""
+        n = len(envs)
+        if any(env._task is None for env in envs):
+            raise RuntimeError("Call reset() before step().")
+        first = envs[0]
+        applied = first._action_map.many(actions)
+        velocity, ctrl, contact = np.empty(n), np.empty(n), np.empty(n)
+        healthy = np.empty(n, dtype=bool)
+        for i, env in enumerate(envs):
+            a = applied[i]
+            env._ctrl[:] = a
+            velocity[i] = env._advance()[0]
+            ctrl[i] = a @ a
+            forces = env._contact_forces()
+            contact[i] = np.sum(forces * forces)
+            healthy[i] = env._healthy()
+            env._write_obs(obs_out[i], forces)
+        tasks = np.array([env._task for env in envs], dtype=np.float64)
+        forward = first.family.forward_reward(velocity, tasks) + first._happy_bonus()
+        survive = np.where(healthy | first._rllab, first._healthy_reward, 0.0)
+        rewards = forward + survive - first._ctrl_cost_weight * ctrl - first._contact_cost_weight * contact
+        return rewards, ~healthy & bool(first._terminate_when_unhealthy)
+
+    def step(self, action):
+        applied = self._apply_action(action)
+        x_velocity, y_velocity, x_after, y_after = self._advance()
+        reward_forward = self.family.forward_reward(x_velocity, self._task) + self._happy_bonus()
         ctrl_cost = self._ctrl_cost_weight * float(applied @ applied)
         forces = self._contact_forces()
         contact_cost = self._contact_cost_weight * float(np.sum(forces * forces))
-        z_low, z_high = self._healthy_z_range
-        healthy = bool(z_low <= qpos[2] <= z_high and np.isfinite(qpos).all()
-                       and np.isfinite(self._qvel).all())
+        healthy = self._healthy()
         # rllab pays its survival bonus on every step; gymnasium only while healthy
         reward_survive = self._healthy_reward if (healthy or self._rllab) else 0.0
         reward = reward_forward + reward_survive - ctrl_cost - contact_cost
