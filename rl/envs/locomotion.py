@@ -127,6 +127,21 @@ class _MujocoTaskMixin(TaskEnvMixin):
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         return applied
 
+    @classmethod
+    def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Steps ``envs`` (instances of one class made with the same arguments, tasks may differ) with
+        ``actions`` [n, act_dim]: the same physics and the same floating-point operations as calling
+        ``step`` on each, with less Python work per env (the sampler's workers use it). Writes the
+        observations into ``obs_out`` [n, obs_dim]; returns (rewards [n], terminated [n]); no infos."""
+        if any(env._task is None for env in envs):
+            raise RuntimeError("Call reset() before step().")
+        return cls._step_many(envs, envs[0]._action_map.many(actions), obs_out)
+
+    @classmethod
+    def _step_many(cls, envs: list, applied: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step_many` for actions already mapped and clipped."""
+        raise NotImplementedError
+
     def reset(self, *, seed=None, options=None):
         gym.Env.reset(self, seed=seed)  # seeds np_random before a default task is drawn from it
         self._prepare_task(options)
@@ -187,16 +202,8 @@ class _HalfCheetahTaskEnv(_MujocoTaskMixin, HalfCheetahEnv):
         out[end:] = self._task_obs
 
     @classmethod
-    def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Steps ``envs`` (instances of one class made with the same arguments, tasks may differ) with
-        ``actions`` [n, act_dim]: the same physics and the same floating-point operations as calling
-        ``step`` on each, with less Python work per env (the sampler's workers use it). Writes the
-        observations into ``obs_out`` [n, obs_dim]; returns (rewards [n], terminated [n]); no infos."""
-        n = len(envs)
-        if any(env._task is None for env in envs):
-            raise RuntimeError("Call reset() before step().")
-        first = envs[0]
-        applied = first._action_map.many(actions)
+    def _step_many(cls, envs: list, applied: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, first = len(envs), envs[0]
         velocity, ctrl_cost = np.empty(n), np.empty(n)
         for i, env in enumerate(envs):
             a = applied[i]
@@ -347,16 +354,8 @@ class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
         return 1.0 if self._rllab and isinstance(self.family, VelocityTasks) else 0.0
 
     @classmethod
-    def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Steps ``envs`` (instances of one class made with the same arguments, tasks may differ) with
-        ``actions`` [n, act_dim]: the same physics and the same floating-point operations as calling
-        ``step`` on each, with less Python work per env (the sampler's workers use it). Writes the
-        observations into ``obs_out`` [n, obs_dim]; returns (rewards [n], terminated [n]); no infos."""
-        n = len(envs)
-        if any(env._task is None for env in envs):
-            raise RuntimeError("Call reset() before step().")
-        first = envs[0]
-        applied = first._action_map.many(actions)
+    def _step_many(cls, envs: list, applied: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, first = len(envs), envs[0]
         velocity, ctrl, contact = np.empty(n), np.empty(n), np.empty(n)
         healthy = np.empty(n, dtype=bool)
         for i, env in enumerate(envs):
