@@ -3,7 +3,8 @@
     python experiments/sinusoid.py                      # MAML + pretrained + oracle, then evaluate
     python experiments/sinusoid.py --eval_only --logdir=results/sinusoid
 
-Trains three networks (each resumable from its checkpoint in <logdir>/<method>/ckpt):
+Trains three networks (each resumable from its checkpoint in <logdir>/<method>/ckpt; a resumed run takes
+its seed, shots, inner steps and learning rates from its config.json where no flag gives them):
   maml        meta-trained: K=10, 1 inner step, inner lr 0.01, meta-batch 25, Adam 0.001, 70,000 its
   pretrained  one network trained by plain regression on all tasks jointly (same batches and budget)
   oracle      a network that also receives amplitude and phase as inputs (not fine-tuned at test time)
@@ -268,11 +269,36 @@ def config_dict() -> dict:
 MODEL_KEYS = ("seed", "num_shots", "num_inner_steps", "inner_lr", "meta_lr", "first_order", "meta_batch_size")
 
 
+def adopt_recorded_settings(logdir: str) -> None:
+    """Where ``logdir`` holds a run (a method's config.json), its MODEL_KEYS that no flag gives are taken
+    from it, so that the same command without them resumes it; a flag that contradicts it is refused
+    (check_config)."""
+    for method in FLAGS.methods:
+        path = os.path.join(logdir, method, "config.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            try:
+                stored = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON ({e}).") from None
+        adopted = {k: stored[k] for k in MODEL_KEYS
+                   if k in stored and not FLAGS[k].present and getattr(FLAGS, k) != stored[k]}
+        for key, value in adopted.items():
+            setattr(FLAGS, key, value)
+        if adopted:
+            print(f"resuming {logdir} with the run's own " + ", ".join(f"{k}={v!r}" for k, v in adopted.items()),
+                  flush=True)
+        return
+
+
 @one_sentence_errors
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     logdir = FLAGS.logdir
+    if not FLAGS.eval_only:
+        adopt_recorded_settings(logdir)
     trained, training = {}, {}
     for method in FLAGS.methods:
         mdir = os.path.join(logdir, method)

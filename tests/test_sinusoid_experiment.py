@@ -71,6 +71,19 @@ def test_incompatible_checkpoint_directory_is_refused(tmp_path):
     assert r.returncode == 1 and "num_shots=5 but this run asks for num_shots=7" in r.stderr
 
 
+def test_a_run_resumes_with_its_own_settings(tmp_path):
+    common = ["--methods=maml", "--eval_tasks=10", "--eval_shots=5", "--eval_steps=1", f"--logdir={tmp_path}"]
+    made = run(*common, "--iterations=2", "--inner_lr=0.02", "--num_shots=5", "--seed=3")
+    assert made.returncode == 0, made.stderr[-2000:]
+    refused = run(*common, "--iterations=4", "--inner_lr=0.05")
+    assert refused.returncode == 1 and "inner_lr=0.02 but this run asks for inner_lr=0.05" in refused.stderr
+    resumed = run(*common, "--iterations=4")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout and "inner_lr=0.02" in resumed.stdout
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert (config["inner_lr"], config["num_shots"], config["seed"], config["iterations"]) == (0.02, 5, 3, 4)
+
+
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     args = ["--iterations=100000", "--methods=maml", "--checkpoint_every=100", "--log_every=100",
             f"--logdir={tmp_path}"]
