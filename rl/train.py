@@ -241,7 +241,10 @@ def _recorded_config(logdir: str) -> dict:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); restore it or use another --logdir.") from None
 
 
 def current_settings(recorded: dict) -> dict:

@@ -150,6 +150,14 @@ def test_bad_flags_exit_with_one_sentence(script, args, message):
     assert message in r.stderr
 
 
+def test_a_corrupt_config_of_a_run_is_one_sentence(tmp_path):
+    (tmp_path / "maml").mkdir()
+    (tmp_path / "maml" / "config.json").write_text("{oops")
+    r = run("rl/train_navigation.py", *TINY, "--iterations=1", f"--logdir={tmp_path / 'maml'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert last_line(r.stderr).startswith("error: ") and "config.json is not valid JSON" in r.stderr
+
+
 def test_evaluating_a_missing_run_is_one_sentence(tmp_path):
     r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml", "--num_workers=0")
     assert r.returncode == 1
