@@ -56,7 +56,7 @@ from maml_tf.cli import one_sentence_errors  # noqa: E402
 from maml_tf.training import make_checkpoint, restore  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
-from rl.train import PRESETS  # noqa: E402
+from rl.train import PRESETS, recorded_config  # noqa: E402
 
 ALL_METHODS = ("maml", "pretrained", "random", "oracle")
 
@@ -113,11 +113,7 @@ def step_sizes(task: str, method: str, maml_inner_lr: float, steps: int) -> list
 
 
 def run_settings(logdir: str, method: str) -> dict:
-    path = os.path.join(logdir, method, "config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return recorded_config(os.path.join(logdir, method))
 
 
 def load_policy(logdir: str, method: str, sampler: Sampler):

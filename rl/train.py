@@ -236,7 +236,8 @@ def _start_iteration(logdir: str) -> int:
     return int(path.rsplit("-", 1)[1]) if path else 0
 
 
-def _recorded_config(logdir: str) -> dict:
+def recorded_config(logdir: str) -> dict:
+    """The settings a run in ``logdir`` recorded (its config.json; {} if there is none)."""
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         return {}
@@ -296,7 +297,7 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
 def train_task(task: str) -> dict:
     s = settings(task)
     logdir = s["logdir"]
-    recorded = _recorded_config(logdir)
+    recorded = recorded_config(logdir)
     for key, (then, what) in PREDATING_DEFAULTS.items():
         if recorded and key not in recorded:
             if FLAGS[key].present and FLAGS[key].value != then:
