@@ -90,13 +90,20 @@ def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match) -> N
             json.dump(config, f, indent=2, sort_keys=True)
 
 
-def make_checkpoint(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer]):
-    """A ``tf.train.Checkpoint`` with the model, optimizer, iteration counter and wall time."""
+def make_checkpoint(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer],
+                    extra: Optional[Dict[str, tf.Variable]] = None):
+    """A ``tf.train.Checkpoint`` with the model, optimizer, iteration counter and wall time, and the
+    ``extra`` variables if any (under ``learner_state``)."""
     state = dict(model=model, iteration=tf.Variable(0, dtype=tf.int64, trainable=False),
                  wall_time=tf.Variable(0.0, dtype=tf.float64, trainable=False))
     if optimizer is not None:
         optimizer.build(model.trainable_variables)
         state["optimizer"] = optimizer
+    if extra:
+        holder = tf.Module()
+        for key, variable in extra.items():
+            setattr(holder, key, variable)
+        state["learner_state"] = holder
     return tf.train.Checkpoint(**state)
 
 
@@ -148,7 +155,8 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
           batch_for_iteration: Callable[[int], Any], iterations: int, logdir: str,
           checkpoint_every: int = 1000, log_every: int = 100,
           validate: Optional[Callable[[int, float], float]] = None, validate_every: int = 0,
-          name: str = "meta-train", verbose: bool = True) -> TrainResult:
+          name: str = "meta-train", verbose: bool = True,
+          extra_state: Optional[Dict[str, tf.Variable]] = None) -> TrainResult:
     """Run (or resume) ``iterations`` steps of ``step(batch_for_iteration(i))``.
 
     ``step`` is usually a compiled step from :func:`make_train_step`, but any callable returning a dict
@@ -159,11 +167,12 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
     iterations, at the end, and when Ctrl-C or SIGTERM ends the run (after the current iteration).
     ``validate(iteration, wall_time_s)`` returns a score (higher is better; ``wall_time_s`` is the
     training time so far, resumed runs included); the best checkpoint so far is kept in
-    ``<logdir>/best``.
+    ``<logdir>/best``. ``extra_state``: variables that ``step`` carries from one iteration to the next
+    (besides the model's and the optimizer's), saved and restored with them so that a resume is exact.
     """
     if iterations < 0:
         raise ValueError("iterations must be non-negative.")
-    ckpt = make_checkpoint(model, optimizer)
+    ckpt = make_checkpoint(model, optimizer, extra_state)
     best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
     best_iteration = tf.Variable(-1, dtype=tf.int64, trainable=False)
     ckpt.best_score, ckpt.best_iteration = best_score, best_iteration

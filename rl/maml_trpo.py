@@ -415,16 +415,23 @@ class MAMLTRPO:
         self.objective = MetaObjective(model, config)
         self.policy_fn = policies.make_policy_fn(model)
         self.last_metrics: dict = {}
-        # carried between batches with baseline="previous_task" (not checkpointed: the first batch
-        # after a resume starts from a zero baseline)
-        self.baseline_weights = None
+        # With baseline="previous_task", the baseline fitted on one batch gives the first task of the next
+        # its values; training checkpoints these variables (``state``) so that a resume is exact.
+        self.state: dict = {}
+        if config.baseline == "previous_task":
+            self.state = {"baseline_weights": tf.Variable(tf.zeros([2 * sampler.obs_dim + 4], tf.float64),
+                                                          trainable=False),
+                          "baseline_fitted": tf.Variable(False, trainable=False)}
 
     def _data(self, episodes: Episodes) -> PolicyData:
         c = self.config
         adv = None
         if c.baseline == "previous_task":
-            adv, _, self.baseline_weights = baselines.previous_task_advantages(
-                episodes.rewards, episodes.obs, episodes.mask, self.baseline_weights, c.discount, c.gae_lambda)
+            previous = self.state["baseline_weights"].numpy() if self.state["baseline_fitted"].numpy() else None
+            adv, _, weights = baselines.previous_task_advantages(
+                episodes.rewards, episodes.obs, episodes.mask, previous, c.discount, c.gae_lambda)
+            self.state["baseline_weights"].assign(weights)
+            self.state["baseline_fitted"].assign(True)
         return policy_data(episodes, c.discount, c.gae_lambda, c.normalize_advantages,
                            dtype=self.model.inputs[0].dtype, advantages=adv)
 

@@ -333,7 +333,8 @@ def train_task(task: str) -> dict:
         t0 = time.time()
         result = train(model, None, step, batch_for_iteration, s["iterations"], logdir,
                        checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
-                       validate=lambda i, wall: learner.score(), validate_every=1, name=name, verbose=True)
+                       validate=lambda i, wall: learner.score(), validate_every=1, name=name, verbose=True,
+                       extra_state=learner.state)
     summary = {"task": task, "method": s["method"], "iterations": result.iterations,
                "wall_time_s": round(result.wall_time_s, 1), "best_score": result.best_score,
                "best_iteration": result.best_iteration, "session_s": round(time.time() - t0, 1)}

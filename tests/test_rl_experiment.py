@@ -150,6 +150,26 @@ def test_bad_flags_exit_with_one_sentence(script, args, message):
     assert message in r.stderr
 
 
+def test_resume_is_exact_with_the_previous_task_baseline(tmp_path):
+    """The baseline that rllab's order carries from one batch to the next is checkpointed: a run
+    stopped at 2 and resumed to 3 gives the uninterrupted run's third iteration."""
+    args = [*TINY, "--baseline=previous_task", "--horizon=30"]
+    straight = run("rl/train_navigation.py", *args, "--iterations=3", f"--logdir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    for iterations in (2, 3):
+        part = run("rl/train_navigation.py", *args, f"--iterations={iterations}", f"--logdir={tmp_path / 'b'}")
+        assert part.returncode == 0, part.stderr[-2000:]
+
+    def rows(name):
+        lines = (tmp_path / name / "progress.csv").read_text().strip().splitlines()
+        header = lines[0].split(",")
+        keys = ["pre_return", "post_return", "surrogate_before", "surrogate_after", "kl"]
+        return [[float(line.split(",")[header.index(k)]) for k in keys] for line in lines[1:]]
+    a, b = rows("a"), rows("b")
+    assert len(a) == len(b) == 3
+    assert a == b
+
+
 def test_a_corrupt_config_of_a_run_is_one_sentence(tmp_path):
     (tmp_path / "maml").mkdir()
     (tmp_path / "maml" / "config.json").write_text("{oops")
