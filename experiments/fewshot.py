@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import batched, evaluation, maml
+from maml_tf.cli import read_json
 from maml_tf.functional import get_weights
 from maml_tf.training import CheckpointError, check_config, make_checkpoint, make_train_step, restore, train
 
@@ -408,13 +409,9 @@ def resumed_config(flag_values, config_from_flags: Callable[[Optional[dict]], Co
 
 
 def read_config(logdir: str) -> dict:
-    """The settings a log directory was trained with (for ``--eval_only``)."""
+    """The settings a log directory was trained with (for ``--eval_only`` and resume)."""
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{logdir} holds no config.json, so there is no trained run to evaluate; "
                                 f"check --logdir or train first.")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+    return read_json(path)

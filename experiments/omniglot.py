@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
 
 import fewshot_flags  # noqa: E402
-from maml_tf.cli import one_sentence_errors  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
+from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
 
 DRAWINGS = 20  # drawings per Omniglot character
 PRESETS = {  # paper appendix A.1, by number of ways
@@ -111,11 +111,7 @@ def check_split(splits, logdir: str) -> None:
     path = os.path.join(logdir, "split.json")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        try:
-            old = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}).") from None
+    old = read_json(path)
     new = splits.to_json()
     if old.get("characters") != new["characters"] or old.get("rotations") != new["rotations"]:
         sizes = ", ".join(f"{len(v)} {k}" for k, v in old.get("characters", {}).items())

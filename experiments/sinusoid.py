@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
 from maml_tf.training import check_config, make_checkpoint, make_train_step, restore, train  # noqa: E402
 
@@ -277,11 +277,7 @@ def adopt_recorded_settings(logdir: str) -> None:
         path = os.path.join(logdir, method, "config.json")
         if not os.path.exists(path):
             continue
-        with open(path) as f:
-            try:
-                stored = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON ({e}).") from None
+        stored = read_json(path)
         adopted = {k: stored[k] for k in MODEL_KEYS
                    if k in stored and not FLAGS[k].present and getattr(FLAGS, k) != stored[k]}
         for key, value in adopted.items():

@@ -7,6 +7,7 @@ fail at once); the wrapped ``main`` does."""
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import zipfile
 
@@ -40,3 +41,12 @@ def quiet_tensorflow() -> None:
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
+
+
+def read_json(path: str) -> dict:
+    """The JSON object in ``path``; a corrupt file is one sentence (a ValueError) naming it."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); restore it or use another --logdir.") from None

@@ -43,7 +43,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
 from maml_tf.training import check_config, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
@@ -241,11 +241,7 @@ def recorded_config(logdir: str) -> dict:
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); restore it or use another --logdir.") from None
+    return read_json(path)
 
 
 def current_settings(recorded: dict) -> dict:

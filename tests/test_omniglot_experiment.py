@@ -110,6 +110,14 @@ def test_logdir_alone_resumes_a_run_with_its_own_settings(data_dir, tmp_path):
     assert [h["iteration"] for h in history if "val_accuracy" in h] == [2, 4]  # the run's own validate_every
 
 
+@pytest.mark.parametrize("mode", [["--eval_only"], ["--iterations=2"]])
+def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
+    (tmp_path / "config.json").write_text('{"num_ways": 5,')
+    proc = run(f"--data_dir={data_dir}", f"--logdir={tmp_path}", *TINY[:3], *mode, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).startswith("error: ") and "config.json is not valid JSON" in proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--num_shots=15", "--num_query=10"], "at most 20"),
     (["--num_ways=0"], "--num_ways must be a positive integer"),
