@@ -116,8 +116,8 @@ def check_split(splits, logdir: str) -> None:
     if old.get("characters") != new["characters"] or old.get("rotations") != new["rotations"]:
         sizes = ", ".join(f"{len(v)} {k}" for k, v in old.get("characters", {}).items())
         raise ValueError(f"{logdir} holds a run made on another character split ({sizes} characters in "
-                              f"split.json); pass the --num_train_characters and --num_val_characters it was made "
-                              f"with, or use another --logdir.")
+                         f"split.json); pass the --num_train_characters and --num_val_characters it was made "
+                         f"with, or use another --logdir.")
 
 
 def split_record(splits, logdir: str) -> dict:

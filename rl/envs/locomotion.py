@@ -332,14 +332,15 @@ class _AntTaskEnv(_MujocoTaskMixin, AntEnv):
         centre-of-mass velocity at the new state. gymnasium's: frame_skip mj_steps, the velocity is the
         root's displacement / dt. Both then fill the external contact forces (cfrc_ext)."""
         qpos = self._qpos
-        x_before, y_before = float(qpos[0]), float(qpos[1])
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         if self._rllab:
+            mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
             mujoco.mj_forward(self.model, self.data)
             mujoco.mj_rnePostConstraint(self.model, self.data)
             mujoco.mj_subtreeVel(self.model, self.data)
             x_velocity, y_velocity = map(float, self._subtree_linvel[self._torso, :2])
             return x_velocity, y_velocity, float(qpos[0]), float(qpos[1])
+        x_before, y_before = float(qpos[0]), float(qpos[1])
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         mujoco.mj_rnePostConstraint(self.model, self.data)  # fills cfrc_ext (as gymnasium does)
         x_after, y_after = float(qpos[0]), float(qpos[1])
         return (x_after - x_before) / self._dt, (y_after - y_before) / self._dt, x_after, y_after
