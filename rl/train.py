@@ -18,9 +18,10 @@ Runs are resumable (the same command, or just ``--logdir``, continues from ``<lo
 ``--checkpoint_every`` iterations; the run's model and data settings (``--seed``, ``--inner_lr``,
 ``--meta_batch_size``, ...) come from its ``config.json`` where no flag is given, and a flag that contradicts
 one is refused; the meta-optimiser's settings, ``--iterations`` and ``--max_kl`` among them, also default to
-the run's own, and a flag that changes one is announced and recorded there under ``"changes"``); the best iteration by average return (post-update for MAML) is kept
-in ``<logdir>/best`` (as in rllab, the checkpoint of iteration i holds the parameters after its TRPO
-update, the return was measured just before it). TensorBoard scalars are in ``<logdir>/tb``, every
+the run's own, and a flag that changes one is announced and recorded there under ``"changes"``); the best
+iteration by average return (post-update for MAML) is kept in ``<logdir>/best`` (as in rllab, the
+checkpoint of iteration i holds the parameters after its TRPO update, the return was measured just before
+it). TensorBoard scalars are in ``<logdir>/tb``, every
 iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py``.
 """
 
@@ -253,9 +254,9 @@ def current_settings(recorded: dict) -> dict:
 
 
 def _adopt_recorded(name: str, logdir: str, s: dict, recorded: dict) -> None:
-    """In a log directory that holds a run (its config.json), take the run's own ADOPTED_KEYS from its config.json where no flag was given (so that a
-    run trained with, say, --inner_lr=0.5 resumes with it, not with the preset's value); announce those
-    that differ from the flags' defaults."""
+    """Where ``logdir`` holds a run (``recorded``, its config.json), take its ADOPTED_KEYS where no flag
+    gives them (so that a run trained with, say, --inner_lr=0.3 resumes with it, not with the preset's
+    value); announce those that differ from the flags' defaults."""
     adopted = {}
     for key in ADOPTED_KEYS:
         if key in recorded and not FLAGS[key].present and s[key] != recorded[key]:
@@ -300,9 +301,9 @@ def train_task(task: str) -> dict:
                 raise ValueError(f"{logdir} holds a run from before --{key}, which {what}; "
                                  f"resume it without --{key} or use another --logdir.")
             s[key] = then  # what the run was trained with
-    _adopt_recorded(f"{task}/{s['method']}", logdir, s, recorded)
-    check_config(logdir, s, MODEL_KEYS)
     name = f"{task}/{s['method']}"
+    _adopt_recorded(name, logdir, s, recorded)
+    check_config(logdir, s, MODEL_KEYS)
     start = _start_iteration(logdir)
     if recorded:
         _resume_settings(name, logdir, s, recorded, start)
