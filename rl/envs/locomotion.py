@@ -121,12 +121,6 @@ class _MujocoTaskMixin(TaskEnvMixin):
         self._ctrl[:] = applied
         return applied
 
-    def _simulate(self, action) -> np.ndarray:
-        """Applies `action` (mapped and clipped) for frame_skip physics steps; returns it as applied."""
-        applied = self._apply_action(action)
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
-        return applied
-
     @classmethod
     def step_many(cls, envs: list, actions: np.ndarray, obs_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Steps ``envs`` (instances of one class made with the same arguments, tasks may differ) with
