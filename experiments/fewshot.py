@@ -29,12 +29,14 @@ import tensorflow as tf
 
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import read_json
-from maml_tf.functional import get_weights
+from maml_tf.functional import batch_norm_weights, get_weights
 from maml_tf.training import CheckpointError, check_config, make_checkpoint, make_train_step, restore, train
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
-              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "seed")
+              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm", "seed")
+# What runs recorded before a setting existed did (their config.json lacks it).
+RECORDED_BEFORE = {"adapt_batch_norm": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Config:
     meta_lr: float
     first_order: bool
     transductive_bn: bool
+    adapt_batch_norm: bool  # False: batch-norm offsets are meta-learned only, not adapted (authors' code)
     seed: int
     eval_tasks: int
     eval_seed: int
@@ -96,27 +99,40 @@ def task_losses(model: keras.Model, cfg: Config):
     return loss, loss.with_loss(maml.accuracy)
 
 
+def variant_suffix(cfg: Config) -> str:
+    """The default log directory's suffix for settings other than the paper's batch norm."""
+    return ("" if cfg.transductive_bn else "_nontransductive") + ("" if cfg.adapt_batch_norm else "_bn_meta_only")
+
+
+def frozen_weights(model: keras.Model, cfg: Config) -> list:
+    """The weights the inner loop leaves alone: none, or the batch-norm offsets (``adapt_batch_norm``)."""
+    return [] if cfg.adapt_batch_norm else batch_norm_weights(model)
+
+
 def make_objective(task_loss, cfg: Config):
+    frozen = frozen_weights(task_loss.model, cfg)
+
     def objective(weights, batch):
         support, query = batch
         loss, metrics = batched.meta_objective_and_metrics(
             task_loss, weights, support, query, cfg.num_inner_steps, cfg.inner_lr, cfg.first_order,
-            metrics={"query_accuracy": maml.accuracy}, layout=cfg.layout)
+            metrics={"query_accuracy": maml.accuracy}, layout=cfg.layout, frozen=frozen)
         return loss, metrics
     return objective
 
 
 def make_curve(model: keras.Model, task_loss, accuracy, cfg: Config):
     """A compiled ``curve(support, query) -> [tasks, num_eval_steps + 1]`` of query accuracies."""
+    frozen = frozen_weights(model, cfg)
 
     @tf.function  # one trace per batch shape (static task counts, which the batched layout needs)
     def curve(support, query):
         weights = get_weights(model)
         if cfg.layout == "batched":
             return batched.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
-                                        cfg.inner_lr)
+                                        cfg.inner_lr, frozen=frozen)
         return evaluation.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
-                                       cfg.inner_lr, layout=cfg.layout)
+                                       cfg.inner_lr, layout=cfg.layout, frozen=frozen)
 
     return curve
 
@@ -291,7 +307,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     curve = make_curve(model, *task_losses(model, cfg), cfg)
     train_result = None
     if not eval_only:
-        check_config(logdir, cfg.to_json(), MODEL_KEYS)
+        check_config(logdir, cfg.to_json(), MODEL_KEYS, RECORDED_BEFORE)
         train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], curve, verbose=verbose)
     t_eval = time.time()
     restored = load_for_evaluation(model, logdir)
@@ -366,8 +382,8 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
         dataset=stored["dataset"] if stored else dataset, model=stored.get("model", model) if stored else model,
         **{name: pick(name) for name in (
             "num_ways", "num_shots", "num_query", "eval_num_query", "meta_batch_size", "inner_lr",
-            "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn", "seed",
-            "validate_every", "checkpoint_every", "log_every")},
+            "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn",
+            "adapt_batch_norm", "seed", "validate_every", "checkpoint_every", "log_every")},
         **run_only)
 
 
@@ -414,4 +430,4 @@ def read_config(logdir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{logdir} holds no config.json, so there is no trained run to evaluate; "
                                 f"check --logdir or train first.")
-    return read_json(path)
+    return {**RECORDED_BEFORE, **read_json(path)}

@@ -42,6 +42,9 @@ def define_run_flags(eval_batch_size: int) -> None:
                       "Only evaluate the best checkpoint in --logdir (settings from its config.json).")
     flags.DEFINE_bool("transductive_bn", True,
                       "Batch norm with the query batch's statistics (paper); False: the support set's.")
+    flags.DEFINE_bool("adapt_batch_norm", True,
+                      "The inner loop adapts the batch-norm offsets too (our runs); False: they are only "
+                      "meta-learned, as in the authors' code (whose inner loop adapts the conv and dense weights).")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
     flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
     flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")

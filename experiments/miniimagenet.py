@@ -73,7 +73,8 @@ def config_from_flags(stored: dict | None = None):
 
 
 def default_logdir(cfg) -> str:
-    return os.path.join("results", cfg.dataset, cfg.setting + ("" if cfg.transductive_bn else "_nontransductive"))
+    import fewshot
+    return os.path.join("results", cfg.dataset, cfg.setting + fewshot.variant_suffix(cfg))
 
 
 def load_samplers(cfg, data_dir, use_cache: bool = True):

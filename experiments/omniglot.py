@@ -15,6 +15,8 @@ Paper settings, filled in for every flag left unset (appendix A.1; authors' code
 Batch norm uses the statistics of the current batch (transductive, as the paper); with
 --notransductive_bn the query examples are normalised with the support set's statistics instead, in
 training and evaluation (each query prediction then depends on the support set and itself only).
+The inner loop adapts every weight, batch-norm offsets included; --noadapt_batch_norm leaves those to
+the meta-optimizer alone, as the authors' code does (logdir suffix _bn_meta_only).
 
 Writes <logdir>/metrics.json (default logdir results/omniglot/<W>way<K>shot, results/omniglot_mlp/...
 for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), checkpoints in
@@ -87,8 +89,9 @@ def config_from_flags(stored: dict | None = None):
 
 
 def default_logdir(cfg) -> str:
-    suffix = ("_first_order" if cfg.first_order else "") + ("" if cfg.transductive_bn else "_nontransductive")
-    return os.path.join("results", cfg.dataset, cfg.setting + suffix)
+    import fewshot
+    return os.path.join("results", cfg.dataset,
+                        cfg.setting + ("_first_order" if cfg.first_order else "") + fewshot.variant_suffix(cfg))
 
 
 def load_splits(cfg):

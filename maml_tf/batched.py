@@ -61,13 +61,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Collection, Dict, List, Optional
 
 import keras
 import tensorflow as tf
 
 from maml_tf.functional import Weights, call, warn_if_inexact_batch_norm
-from maml_tf.maml import LearningRate, TaskLoss, step_size
+from maml_tf.maml import LearningRate, TaskLoss, check_frozen, step_size
 from maml_tf.models import ExactBatchNormalization
 
 log = logging.getLogger(__name__)
@@ -511,19 +511,23 @@ def _losses(tl: SupervisedTaskLoss, packed: Weights, data, support_x=None):
 
 
 def adapt_packed(tl: SupervisedTaskLoss, packed: Weights, support, steps: int, inner_lr: LearningRate,
-                 first_order: bool = False) -> Weights:
-    """``steps`` inner gradient steps of every task at once, on packed weights."""
+                 first_order: bool = False, frozen: Collection[str] = ()) -> Weights:
+    """``steps`` inner gradient steps of every task at once, on packed weights (those named in
+    ``frozen`` are not adapted)."""
+    frozen = check_frozen(packed, frozen)
     for s in range(steps):
+        adapted = {k: w for k, w in packed.items() if k not in frozen}
         with tf.GradientTape() as tape:
-            tape.watch(list(packed.values()))
+            tape.watch(list(adapted.values()))
             total = tf.reduce_sum(_losses(tl, packed, support))  # task t's loss depends on its weights only
-        grads = tape.gradient(total, packed)
+        grads = tape.gradient(total, adapted)
         lr = step_size(inner_lr, s)
-        new = {}
-        for k, w in packed.items():
+        new = dict(packed)
+        for k, w in adapted.items():
             g = grads[k]
             if g is None:
-                raise ValueError(f"The task loss does not depend on the weights {k}; the inner step needs all of them.")
+                raise ValueError(f"The task loss does not depend on the weights {k}; the inner step needs all of "
+                                 "them (or name them in frozen).")
             if first_order:
                 g = tf.stop_gradient(g)
             new[k] = w - lr * g
@@ -541,22 +545,24 @@ def _batched_or_none(task_loss, query_loss):
 
 
 def meta_objective(task_loss: TaskLoss, weights: Weights, support, query, steps: int, inner_lr: LearningRate,
-                   first_order: bool = False, query_loss: TaskLoss | None = None) -> tf.Tensor:
+                   first_order: bool = False, query_loss: TaskLoss | None = None,
+                   frozen: Collection[str] = ()) -> tf.Tensor:
     """:func:`maml_tf.maml.meta_objective` with tasks folded into one batch (same value and gradient).
 
     Falls back to the ``vectorized`` layout (with a warning, once) when the task loss or its model
     is not supported.
     """
     return meta_objective_and_metrics(task_loss, weights, support, query, steps, inner_lr, first_order,
-                                      query_loss=query_loss)[0]
+                                      query_loss=query_loss, frozen=frozen)[0]
 
 
 def meta_objective_and_metrics(task_loss: TaskLoss, weights: Weights, support, query, steps: int,
                                inner_lr: LearningRate, first_order: bool = False,
                                query_loss: TaskLoss | None = None, metrics: Dict[str, Callable] | None = None,
-                               layout: str = "batched"):
+                               layout: str = "batched", frozen: Collection[str] = ()):
     """``(meta_objective, {name: mean over tasks of metric(labels, outputs) on the query set after
-    adaptation})``, from the same forward pass (e.g. ``metrics={"accuracy": maml.accuracy}``).
+    adaptation})``, from the same forward pass (e.g. ``metrics={"accuracy": maml.accuracy}``);
+    ``frozen``: weights the inner loop does not adapt (:func:`maml_tf.maml.adapt`).
 
     ``layout="batched"`` runs on a :class:`BatchedNet` when it can (else ``vectorized``); the other
     layouts of :func:`maml_tf.maml.per_task` work for any ``SupervisedTaskLoss``.
@@ -568,7 +574,7 @@ def meta_objective_and_metrics(task_loss: TaskLoss, weights: Weights, support, q
     tl, ql = _batched_or_none(task_loss, query_loss) if layout == "batched" else (None, None)
     if tl is not None:
         packed = tl.net.pack(weights, _num_tasks(support))
-        fast = adapt_packed(tl, packed, support, steps, inner_lr, first_order)
+        fast = adapt_packed(tl, packed, support, steps, inner_lr, first_order, frozen)
         outputs = _outputs(ql, fast, query[0], None if ql.transductive else support[0])
         values = {"loss": ql.per_task(query[1], outputs)}
         values.update({name: ql.with_loss(fn).per_task(query[1], outputs) for name, fn in metrics.items()})
@@ -582,7 +588,7 @@ def meta_objective_and_metrics(task_loss: TaskLoss, weights: Weights, support, q
 
     def one_task(data):
         s, q = data
-        fast = maml.adapt(task_loss, weights, s, steps, inner_lr, first_order)
+        fast = maml.adapt(task_loss, weights, s, steps, inner_lr, first_order, frozen)
         if not metrics:
             return query_loss(fast, q)[None]
         outputs = call(query_loss.model, fast, q[0], training=query_loss.training)
@@ -593,7 +599,7 @@ def meta_objective_and_metrics(task_loss: TaskLoss, weights: Weights, support, q
 
 
 def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, support, query, steps: int,
-                 inner_lr: LearningRate) -> tf.Tensor:
+                 inner_lr: LearningRate, frozen: Collection[str] = ()) -> tf.Tensor:
     """:func:`maml_tf.evaluation.metric_curve` on the batched layout: ``[tasks, steps + 1]``.
 
     ``metric`` is a :class:`SupervisedTaskLoss` for the same model (``task_loss.with_loss(accuracy)``)
@@ -607,12 +613,12 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
         from maml_tf import evaluation
         _fallback_warning(task_loss if tl is None else metric)
         return evaluation.metric_curve(task_loss, metric, weights, support, query, steps, inner_lr,
-                                       layout="vectorized")
+                                       layout="vectorized", frozen=frozen)
     weights = {k: tf.stop_gradient(v) for k, v in weights.items()}
     fast = tl.net.pack(weights, _num_tasks(support))
     support_x = None if ml.transductive else support[0]
     values = [_losses(ml, fast, query, support_x)]
     for s in range(steps):
-        fast = adapt_packed(tl, fast, support, 1, step_size(inner_lr, s), first_order=True)
+        fast = adapt_packed(tl, fast, support, 1, step_size(inner_lr, s), first_order=True, frozen=frozen)
         values.append(_losses(ml, fast, query, support_x))
     return tf.stack(values, axis=1)

@@ -6,7 +6,7 @@ The paper reports the mean over test tasks with a 95% confidence interval of
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import tensorflow as tf
@@ -16,10 +16,11 @@ from maml_tf.maml import LearningRate, TaskLoss, inner_update, per_task, step_si
 
 
 def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, support, query, steps: int,
-                 inner_lr: LearningRate, layout: str = "vectorized") -> tf.Tensor:
+                 inner_lr: LearningRate, layout: str = "vectorized", frozen: Collection[str] = ()) -> tf.Tensor:
     """``[tasks, steps + 1]``: ``metric(fast_weights, query)`` before adaptation and after each of
-    ``steps`` gradient steps on the same support set. No meta-gradient is taken here, so the inner
-    gradients are cut (the values are those of second-order adaptation all the same)."""
+    ``steps`` gradient steps on the same support set (not adapting the weights in ``frozen``). No
+    meta-gradient is taken here, so the inner gradients are cut (the values are those of
+    second-order adaptation all the same)."""
     weights = {k: tf.stop_gradient(v) for k, v in weights.items()}
 
     def one_task(data):
@@ -27,7 +28,7 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
         fast = weights
         values = [metric(fast, q)]
         for i in range(steps):
-            fast = inner_update(task_loss, fast, s, step_size(inner_lr, i), first_order=True)
+            fast = inner_update(task_loss, fast, s, step_size(inner_lr, i), first_order=True, frozen=frozen)
             values.append(metric(fast, q))
         return tf.stack(values)
 

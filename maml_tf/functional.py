@@ -33,6 +33,14 @@ def weight_names(model: keras.Model) -> list[str]:
     return names
 
 
+def batch_norm_weights(model: keras.Model) -> list[str]:
+    """The keys of the trainable weights of every batch-norm layer of ``model`` (offsets and scales):
+    the weights that the authors' few-shot code meta-learns but leaves out of its inner loop
+    (pass them as ``frozen`` to :func:`maml_tf.maml.adapt`)."""
+    return [v.path for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) for v in layer.trainable_variables]
+
+
 def get_weights(model: keras.Model) -> Weights:
     """The model's trainable weights as a dict of tensors (read now; differentiable w.r.t. the
     model's variables when read inside a ``tf.GradientTape``)."""

@@ -21,7 +21,7 @@ the reference).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Collection, Sequence, Union
 
 import tensorflow as tf
 
@@ -41,30 +41,47 @@ def step_size(inner_lr: LearningRate, step: int) -> float:
     return float(lrs[min(step, len(lrs) - 1)])
 
 
-def inner_update(task_loss: TaskLoss, weights: Weights, data, lr: float, first_order: bool = False) -> Weights:
-    """One plain gradient step on ``task_loss(weights, data)``."""
+def check_frozen(weights: Weights, frozen: Collection[str]) -> frozenset:
+    """``frozen`` as a set, after checking that every name is one of ``weights``."""
+    frozen = frozenset(frozen)
+    unknown = sorted(frozen - set(weights))
+    if unknown:
+        raise ValueError(f"Frozen weights {unknown} are not among the model's weights {sorted(weights)}.")
+    if frozen == set(weights):
+        raise ValueError("Every weight is frozen: the inner loop would have nothing to adapt.")
+    return frozen
+
+
+def inner_update(task_loss: TaskLoss, weights: Weights, data, lr: float, first_order: bool = False,
+                 frozen: Collection[str] = ()) -> Weights:
+    """One plain gradient step on ``task_loss(weights, data)``; the weights named in ``frozen`` are
+    left as they are (they stay meta-parameters, learned by the outer loop only)."""
+    frozen = check_frozen(weights, frozen)
+    adapted = {k: w for k, w in weights.items() if k not in frozen}
     with tf.GradientTape() as tape:
-        tape.watch(list(weights.values()))
+        tape.watch(list(adapted.values()))
         loss = task_loss(weights, data)
-    grads = tape.gradient(loss, weights)
+    grads = tape.gradient(loss, adapted)
     missing = [k for k, g in grads.items() if g is None]
     if missing:
-        raise ValueError(f"The task loss does not depend on the weights {missing}; the inner step needs all of them.")
+        raise ValueError(f"The task loss does not depend on the weights {missing}; the inner step needs all of "
+                         "them (or name them in frozen).")
     if first_order:
         grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
-    return {k: weights[k] - lr * grads[k] for k in weights}
+    return {k: weights[k] - lr * grads[k] if k in grads else weights[k] for k in weights}
 
 
 def adapt(task_loss: TaskLoss, weights: Weights, support, steps: int, inner_lr: LearningRate,
-          first_order: bool = False) -> Weights:
+          first_order: bool = False, frozen: Collection[str] = ()) -> Weights:
     """``steps`` gradient steps of ``task_loss`` on ``support`` (the same data at every step).
 
     Returns fast weights that stay differentiable with respect to ``weights`` (second order), or
-    whose inner gradients are cut (``first_order=True``).
+    whose inner gradients are cut (``first_order=True``). Weights named in ``frozen`` are not
+    adapted (e.g. batch norm offsets, which the authors' few-shot code meta-learns but does not adapt).
     """
     fast = dict(weights)
     for s in range(steps):
-        fast = inner_update(task_loss, fast, support, step_size(inner_lr, s), first_order)
+        fast = inner_update(task_loss, fast, support, step_size(inner_lr, s), first_order, frozen)
     return fast
 
 
@@ -88,30 +105,34 @@ def per_task(fn: Callable[[Any], Any], batch, layout: str = "vectorized"):
 
 def meta_objective(task_loss: TaskLoss, weights: Weights, support, query, steps: int,
                    inner_lr: LearningRate, first_order: bool = False, query_loss: TaskLoss | None = None,
-                   layout: str = "vectorized") -> tf.Tensor:
+                   layout: str = "vectorized", frozen: Collection[str] = ()) -> tf.Tensor:
     """Mean over tasks of the query loss after adapting on the support set.
 
-    ``query_loss`` defaults to ``task_loss`` (RL uses a different outer objective).
+    ``query_loss`` defaults to ``task_loss`` (RL uses a different outer objective); ``frozen`` as in
+    :func:`adapt`.
     """
     if layout == "batched":  # tasks folded into one batch, for supported models (maml_tf/batched.py)
         from maml_tf import batched
-        return batched.meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, query_loss)
+        return batched.meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, query_loss,
+                                      frozen)
     query_loss = query_loss or task_loss
 
     def one_task(data):
         s, q = data
-        fast = adapt(task_loss, weights, s, steps, inner_lr, first_order)
+        fast = adapt(task_loss, weights, s, steps, inner_lr, first_order, frozen)
         return query_loss(fast, q)
 
     return tf.reduce_mean(per_task(one_task, (support, query), layout))
 
 
 def meta_gradient(task_loss: TaskLoss, weights: Weights, support, query, steps: int,
-                  inner_lr: LearningRate, first_order: bool = False, layout: str = "vectorized"):
+                  inner_lr: LearningRate, first_order: bool = False, layout: str = "vectorized",
+                  frozen: Collection[str] = ()):
     """(meta-objective, its gradient w.r.t. ``weights`` as a dict)."""
     with tf.GradientTape() as tape:
         tape.watch(list(weights.values()))
-        loss = meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, layout=layout)
+        loss = meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, layout=layout,
+                              frozen=frozen)
     return loss, tape.gradient(loss, weights)
 
 

@@ -72,12 +72,14 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match) -> None:
-    """Write ``config.json`` on a fresh run; on resume, refuse settings that change the model."""
+def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match,
+                 recorded_before: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``config.json`` on a fresh run; on resume, refuse settings that change the model.
+    ``recorded_before``: the values of settings that a run's config.json may lack (it predates them)."""
     path = os.path.join(logdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
+            old = {**(recorded_before or {}), **json.load(f)}
         diff = [k for k in keys_that_must_match if k in old and k in config and old[k] != config[k]]
         if diff:
             k = diff[0]

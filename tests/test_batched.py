@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import layers
 
 from maml_tf import batched, evaluation, maml, models
-from maml_tf.functional import call, get_weights
+from maml_tf.functional import batch_norm_weights, call, get_weights
 
 
 def episodes(num_tasks, num_ways, shots, image_shape, seed=0, binary=False):
@@ -20,24 +20,25 @@ def episodes(num_tasks, num_ways, shots, image_shape, seed=0, binary=False):
     return x, y
 
 
-def meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, layout):
+def meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, layout, frozen=()):
     weights = get_weights(model)
     with tf.GradientTape() as tape:
         tape.watch(list(weights.values()))
-        loss = maml.meta_objective(task_loss, weights, support, query, steps, lr, first_order, layout=layout)
+        loss = maml.meta_objective(task_loss, weights, support, query, steps, lr, first_order, layout=layout,
+                                   frozen=frozen)
     grads = tape.gradient(loss, weights)
     return float(loss), {k: g.numpy() for k, g in grads.items()}
 
 
 def assert_same_meta_gradient(model, image_shape, steps, lr, tol, binary=False, num_tasks=2, ways=5,
-                              orders=(False, True)):
+                              orders=(False, True), frozen=()):
     task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
     assert task_loss.net is not None, task_loss.unsupported_reason
     support = episodes(num_tasks, ways, 1, image_shape, seed=1, binary=binary)
     query = episodes(num_tasks, ways, 2, image_shape, seed=2, binary=binary)
     for first_order in orders:
-        ref_loss, ref = meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, "loop")
-        loss, got = meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, "batched")
+        ref_loss, ref = meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, "loop", frozen)
+        loss, got = meta_loss_and_grad(task_loss, model, support, query, steps, lr, first_order, "batched", frozen)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
         scale = max(np.abs(g).max() for g in ref.values())
         assert set(got) == set(ref)
@@ -49,6 +50,29 @@ def assert_same_meta_gradient(model, image_shape, steps, lr, tol, binary=False, 
 def test_omniglot_conv_second_and_first_order():
     keras.utils.set_random_seed(0)
     assert_same_meta_gradient(models.omniglot_conv(5), (28, 28, 1), steps=2, lr=0.4, tol=1e-4, binary=True)
+
+
+def test_frozen_batch_norm_offsets_agree_with_the_loop():
+    """The batched layout leaves the frozen weights (here the batch-norm offsets, as the authors' code)
+    out of the inner loop exactly as the per-task loop does: same meta-gradient, same accuracy curve."""
+    keras.utils.set_random_seed(0)
+    model = models.omniglot_conv(5)
+    frozen = batch_norm_weights(model)
+    assert frozen == [f"bn{i}/beta" for i in range(4)]
+    assert_same_meta_gradient(model, (28, 28, 1), steps=2, lr=0.4, tol=1e-4, binary=True, orders=(False,),
+                              frozen=frozen)
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+    support = episodes(3, 5, 1, (28, 28, 1), seed=3, binary=True)
+    query = episodes(3, 5, 1, (28, 28, 1), seed=4, binary=True)
+    weights = get_weights(model)
+    fast = batched.metric_curve(task_loss, maml.accuracy, weights, support, query, 2, 0.4, frozen=frozen).numpy()
+    ref = evaluation.metric_curve(task_loss, task_loss.with_loss(maml.accuracy), weights, support, query, 2, 0.4,
+                                  layout="loop", frozen=frozen).numpy()
+    np.testing.assert_allclose(fast, ref)
+    adapted = batched.adapt_packed(task_loss, task_loss.net.pack(weights, 3), support, 1, 0.4, frozen=frozen)
+    unpacked = task_loss.net.unpack(adapted, 3)
+    for k in frozen:
+        np.testing.assert_array_equal(unpacked[k], np.tile(weights[k].numpy()[None], (3, 1)))
 
 
 def test_mlp_classifier():

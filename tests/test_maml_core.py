@@ -54,15 +54,17 @@ def bn_net(bn_layer, seed=0):
     ])
 
 
-def meta_gradient_and_finite_differences(model, steps, lr=0.3, eps=1e-5):
+def meta_gradient_and_finite_differences(model, steps, lr=0.3, eps=1e-5, frozen=()):
     names = functional.weight_names(model)
     w0 = functional.get_weights(model)
     support, query = task_batch(np.random.default_rng(1))
     task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
 
-    _, grad = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=False, layout="loop")
+    _, grad = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=False, layout="loop",
+                                 frozen=frozen)
     analytic = flat({k: g.numpy() for k, g in grad.items()}, names)
-    _, fo = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=True, layout="loop")
+    _, fo = maml.meta_gradient(task_loss, w0, support, query, steps, lr, first_order=True, layout="loop",
+                               frozen=frozen)
     first_order = flat({k: g.numpy() for k, g in fo.items()}, names)
 
     theta = flat({k: v.numpy() for k, v in w0.items()}, names)
@@ -70,8 +72,10 @@ def meta_gradient_and_finite_differences(model, steps, lr=0.3, eps=1e-5):
     for i in range(theta.size):
         e = np.zeros_like(theta)
         e[i] = eps
-        lp = maml.meta_objective(task_loss, unflat(theta + e, w0, names), support, query, steps, lr, layout="loop")
-        lm = maml.meta_objective(task_loss, unflat(theta - e, w0, names), support, query, steps, lr, layout="loop")
+        lp = maml.meta_objective(task_loss, unflat(theta + e, w0, names), support, query, steps, lr, layout="loop",
+                                 frozen=frozen)
+        lm = maml.meta_objective(task_loss, unflat(theta - e, w0, names), support, query, steps, lr, layout="loop",
+                                 frozen=frozen)
         numeric[i] = (float(lp) - float(lm)) / (2 * eps)
     return analytic, first_order, numeric
 
@@ -84,6 +88,42 @@ def test_second_order_meta_gradient_matches_finite_differences(steps, net):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
     # The first-order gradient is a different quantity on this non-quadratic problem.
     assert np.max(np.abs(first_order - numeric)) > 1e-4
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_frozen_weights_are_not_adapted_and_their_meta_gradient_matches_finite_differences(steps):
+    """``frozen`` (the authors' few-shot code leaves batch-norm offsets out of its inner loop): the inner
+    loop keeps those weights as they are, the meta-gradient of every weight, frozen ones included, is
+    still the derivative of the meta-objective, and it differs from adapting everything."""
+    model = bn_net(models.ExactBatchNormalization)
+    frozen = functional.batch_norm_weights(model)
+    assert [k.split("/", 1)[1] for k in frozen] == ["bn/beta"]
+    w0 = functional.get_weights(model)
+    support, _ = task_batch(np.random.default_rng(1))
+    task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
+    fast = maml.adapt(task_loss, w0, (support[0][0], support[1][0]), steps, 0.3, frozen=frozen)
+    assert fast[frozen[0]] is w0[frozen[0]]
+    changed = {k.split("/", 1)[1] for k in w0 if np.max(np.abs(fast[k] - w0[k])) > 1e-6}
+    assert changed == {"h/kernel", "o/kernel", "o/bias"}  # h/bias: batch norm cancels it, its gradient is 0
+
+    analytic, first_order, numeric = meta_gradient_and_finite_differences(model, steps, frozen=frozen)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+    assert np.max(np.abs(first_order - numeric)) > 1e-4
+    adapting_all, _, _ = meta_gradient_and_finite_differences(model, steps, eps=1.0)  # eps: numeric part unused
+    assert np.max(np.abs(adapting_all - analytic)) > 1e-4
+
+
+def test_frozen_names_are_checked():
+    model = tiny_net()
+    w = functional.get_weights(model)
+    task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
+    support, _ = task_batch(np.random.default_rng(0))
+    data = (support[0][0], support[1][0])
+    with pytest.raises(ValueError, match=r"Frozen weights \['nope'\] are not among"):
+        maml.adapt(task_loss, w, data, 1, 0.1, frozen=["nope"])
+    with pytest.raises(ValueError, match="Every weight is frozen"):
+        maml.adapt(task_loss, w, data, 1, 0.1, frozen=list(w))
+    assert functional.batch_norm_weights(model) == []
 
 
 def test_keras_batch_norm_second_order_is_approximate_and_warned():

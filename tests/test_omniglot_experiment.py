@@ -110,6 +110,24 @@ def test_logdir_alone_resumes_a_run_with_its_own_settings(data_dir, tmp_path):
     assert [h["iteration"] for h in history if "val_accuracy" in h] == [2, 4]  # the run's own validate_every
 
 
+def test_batch_norm_offsets_left_out_of_the_inner_loop_are_part_of_the_run(data_dir, tmp_path):
+    """--noadapt_batch_norm (the authors' inner loop) is recorded and cannot change on resume; a run
+    recorded before the flag existed adapted every weight."""
+    logdir = tmp_path / "run"
+    data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
+    run(*data, "--noadapt_batch_norm", "--iterations=1")
+    config = json.loads((logdir / "config.json").read_text())
+    assert config["adapt_batch_norm"] is False
+    assert json.loads((logdir / "metrics.json").read_text())["config"]["adapt_batch_norm"] is False
+    refused = run(*data, "--adapt_batch_norm", "--iterations=2", check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "adapt_batch_norm=False but this run asks for adapt_batch_norm=True" in refused.stderr
+    del config["adapt_batch_norm"]  # as a run made before the flag
+    (logdir / "config.json").write_text(json.dumps(config))
+    refused = run(*data, "--noadapt_batch_norm", "--iterations=2", check=False)
+    assert "adapt_batch_norm=True but this run asks for adapt_batch_norm=False" in refused.stderr
+
+
 @pytest.mark.parametrize("mode", [["--eval_only"], ["--iterations=2"]])
 def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
     (tmp_path / "config.json").write_text('{"num_ways": 5,')
