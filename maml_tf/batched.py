@@ -67,7 +67,7 @@ import keras
 import tensorflow as tf
 
 from maml_tf.functional import Weights, call, warn_if_inexact_batch_norm
-from maml_tf.maml import LearningRate, TaskLoss, check_frozen, step_size
+from maml_tf.maml import LearningRate, TaskLoss, inner_update, step_size
 from maml_tf.models import ExactBatchNormalization
 
 log = logging.getLogger(__name__)
@@ -513,25 +513,14 @@ def _losses(tl: SupervisedTaskLoss, packed: Weights, data, support_x=None):
 def adapt_packed(tl: SupervisedTaskLoss, packed: Weights, support, steps: int, inner_lr: LearningRate,
                  first_order: bool = False, frozen: Collection[str] = ()) -> Weights:
     """``steps`` inner gradient steps of every task at once, on packed weights (those named in
-    ``frozen`` are not adapted)."""
-    frozen = check_frozen(packed, frozen)
+    ``frozen`` are not adapted): :func:`maml_tf.maml.inner_update` on the sum of the tasks' losses,
+    since task t's loss depends on its own packed weights only."""
+
+    def total_loss(weights, data):
+        return tf.reduce_sum(_losses(tl, weights, data))
+
     for s in range(steps):
-        adapted = {k: w for k, w in packed.items() if k not in frozen}
-        with tf.GradientTape() as tape:
-            tape.watch(list(adapted.values()))
-            total = tf.reduce_sum(_losses(tl, packed, support))  # task t's loss depends on its weights only
-        grads = tape.gradient(total, adapted)
-        lr = step_size(inner_lr, s)
-        new = dict(packed)
-        for k, w in adapted.items():
-            g = grads[k]
-            if g is None:
-                raise ValueError(f"The task loss does not depend on the weights {k}; the inner step needs all of "
-                                 "them (or name them in frozen).")
-            if first_order:
-                g = tf.stop_gradient(g)
-            new[k] = w - lr * g
-        packed = new
+        packed = inner_update(total_loss, packed, support, step_size(inner_lr, s), first_order, frozen)
     return packed
 
 
