@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fewshot_flags import DEFAULT_INNER_LOSS_REDUCTION, INNER_LOSS_REDUCTIONS
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import read_json
 from maml_tf.functional import batch_norm_weights, get_weights
@@ -34,9 +35,9 @@ from maml_tf.training import CheckpointError, check_config, make_checkpoint, mak
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
-              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm", "seed")
+              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm", "inner_loss_reduction", "seed")
 # What runs recorded before a setting existed did (their config.json lacks it).
-RECORDED_BEFORE = {"adapt_batch_norm": True}
+RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Config:
     first_order: bool
     transductive_bn: bool
     adapt_batch_norm: bool  # False: batch-norm offsets are meta-learned only, not adapted (authors' code)
+    inner_loss_reduction: str  # "mean" or "sum" (authors' code): see inner_step_size
     seed: int
     eval_tasks: int
     eval_seed: int
@@ -68,11 +70,25 @@ class Config:
     jit_compile: bool
 
     @property
+    def inner_step_size(self) -> float:
+        """The step size the inner loop applies to the mean cross-entropy of the support set.
+
+        ``"mean"``: ``inner_lr``. ``"sum"``: ``num_ways * inner_lr``, the authors' inner step: their
+        support loss (``xent`` in cbfinn/maml's utils.py) is the per-example cross-entropy divided by K,
+        which ``tf.gradients`` sums over the N*K support examples, i.e. N times the mean. A plain
+        gradient step of ``inner_lr`` on N times the mean is a step of ``N * inner_lr`` on the mean,
+        exactly, first and second order alike."""
+        if self.inner_loss_reduction not in INNER_LOSS_REDUCTIONS:
+            raise ValueError(f"inner_loss_reduction must be one of {INNER_LOSS_REDUCTIONS}, "
+                             f"not {self.inner_loss_reduction!r}.")
+        return self.inner_lr * (self.num_ways if self.inner_loss_reduction == "sum" else 1)
+
+    @property
     def setting(self) -> str:
         return f"{self.num_ways}way{self.num_shots}shot"
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "inner_step_size": self.inner_step_size}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,8 +116,9 @@ def task_losses(model: keras.Model, cfg: Config):
 
 
 def variant_suffix(cfg: Config) -> str:
-    """The default log directory's suffix for settings other than the paper's batch norm."""
-    return ("" if cfg.transductive_bn else "_nontransductive") + ("" if cfg.adapt_batch_norm else "_bn_meta_only")
+    """The default log directory's suffix for settings other than the default batch norm and inner loss."""
+    return (("" if cfg.transductive_bn else "_nontransductive") + ("" if cfg.adapt_batch_norm else "_bn_meta_only")
+            + ("" if cfg.inner_loss_reduction == DEFAULT_INNER_LOSS_REDUCTION else f"_{cfg.inner_loss_reduction}_loss"))
 
 
 def frozen_weights(model: keras.Model, cfg: Config) -> list:
@@ -115,7 +132,7 @@ def make_objective(task_loss, cfg: Config):
     def objective(weights, batch):
         support, query = batch
         loss, metrics = batched.meta_objective_and_metrics(
-            task_loss, weights, support, query, cfg.num_inner_steps, cfg.inner_lr, cfg.first_order,
+            task_loss, weights, support, query, cfg.num_inner_steps, cfg.inner_step_size, cfg.first_order,
             metrics={"query_accuracy": maml.accuracy}, layout=cfg.layout, frozen=frozen)
         return loss, metrics
     return objective
@@ -130,9 +147,9 @@ def make_curve(model: keras.Model, task_loss, accuracy, cfg: Config):
         weights = get_weights(model)
         if cfg.layout == "batched":
             return batched.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
-                                        cfg.inner_lr, frozen=frozen)
+                                        cfg.inner_step_size, frozen=frozen)
         return evaluation.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
-                                       cfg.inner_lr, layout=cfg.layout, frozen=frozen)
+                                       cfg.inner_step_size, layout=cfg.layout, frozen=frozen)
 
     return curve
 
@@ -334,8 +351,10 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
         "eval_wall_time_s": round(eval_wall, 1),
         "protocol": (f"{cfg.eval_tasks} random {cfg.num_ways}-way {cfg.num_shots}-shot test tasks with "
                      f"{cfg.eval_num_query} query examples per class (seed {cfg.eval_seed}); accuracy on the query "
-                     f"set after 0..{cfg.num_eval_steps} inner steps of lr {cfg.inner_lr} on the support set; "
-                     f"ci95 = 1.96 std / sqrt(tasks); batch norm with "
+                     f"set after 0..{cfg.num_eval_steps} inner steps of lr {cfg.inner_lr} on the support set's "
+                     + ("mean cross-entropy; " if cfg.inner_loss_reduction == "mean" else
+                        f"summed cross-entropy / K, as the authors' code (lr {cfg.inner_step_size:g} on the mean); ")
+                     + "ci95 = 1.96 std / sqrt(tasks); batch norm with "
                      + ("the statistics of the current batch (transductive over the query set), as the paper"
                         if cfg.transductive_bn else "the support set's statistics for query examples "
                         "(non-transductive)")
@@ -383,7 +402,7 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
         **{name: pick(name) for name in (
             "num_ways", "num_shots", "num_query", "eval_num_query", "meta_batch_size", "inner_lr",
             "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn",
-            "adapt_batch_norm", "seed", "validate_every", "checkpoint_every", "log_every")},
+            "adapt_batch_norm", "inner_loss_reduction", "seed", "validate_every", "checkpoint_every", "log_every")},
         **run_only)
 
 

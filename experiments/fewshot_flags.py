@@ -11,6 +11,8 @@ from __future__ import annotations
 from absl import flags
 
 LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
+INNER_LOSS_REDUCTIONS = ("mean", "sum")  # experiments/fewshot.py
+DEFAULT_INNER_LOSS_REDUCTION = "mean"
 
 
 def define_task_flags(help: dict) -> None:
@@ -45,6 +47,10 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_bool("adapt_batch_norm", True,
                       "The inner loop adapts the batch-norm offsets too (our runs); False: they are only "
                       "meta-learned, as in the authors' code (whose inner loop adapts the conv and dense weights).")
+    flags.DEFINE_enum("inner_loss_reduction", DEFAULT_INNER_LOSS_REDUCTION, INNER_LOSS_REDUCTIONS,
+                      "The support-set loss the inner step differentiates. sum: the cross-entropy summed over the "
+                      "N*K support examples and divided by K, as the authors' code (xent in cbfinn/maml), so "
+                      "--inner_lr acts as N * inner_lr on the mean; mean: the mean cross-entropy.")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
     flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
     flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")

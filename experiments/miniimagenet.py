@@ -15,7 +15,9 @@ max-pooling, 5 inner steps with inner lr 0.01 (10 steps at test time), meta-batc
 split (64 / 16 / 20 classes), 600 test tasks. Test tasks use K query images per class by default
 (--eval_num_query), as the authors' evaluation code; the paper's confidence intervals (±1.84 for
 1-shot, ±0.92 for 5-shot over 600 tasks) match that protocol. The best checkpoint on the validation
-classes is tested. Batch norm is transductive as in the paper (see --transductive_bn).
+classes is tested. Batch norm is transductive as in the paper (see --transductive_bn). The inner step
+differentiates the support set's mean cross-entropy; --inner_loss_reduction=sum uses the authors' loss
+(summed over the support examples and divided by K: 5 times the mean, so lr 0.01 acts as 0.05).
 
 mini-ImageNet cannot be downloaded automatically: see data/miniimagenet.py (MINIIMAGENET_HOWTO) for
 how to build <data_dir>/images/*.jpg and the split CSVs.

@@ -128,6 +128,25 @@ def test_batch_norm_offsets_left_out_of_the_inner_loop_are_part_of_the_run(data_
     assert "adapt_batch_norm=True but this run asks for adapt_batch_norm=False" in refused.stderr
 
 
+def test_the_inner_loss_reduction_is_part_of_the_run(data_dir, tmp_path):
+    """--inner_loss_reduction=sum (the authors' support loss) is recorded with its step size on the mean
+    and cannot change on resume; a run recorded before the flag used the mean."""
+    logdir = tmp_path / "run"
+    data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
+    run(*data, "--inner_loss_reduction=sum", "--iterations=1")
+    config = json.loads((logdir / "config.json").read_text())
+    assert config["inner_loss_reduction"] == "sum" and config["inner_step_size"] == pytest.approx(5 * 0.4)
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert metrics["config"]["inner_loss_reduction"] == "sum" and "lr 2 on the mean" in metrics["protocol"]
+    refused = run(*data, "--inner_loss_reduction=mean", "--iterations=2", check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "inner_loss_reduction='sum' but this run asks for inner_loss_reduction='mean'" in refused.stderr
+    del config["inner_loss_reduction"]  # as a run made before the flag
+    (logdir / "config.json").write_text(json.dumps(config))
+    refused = run(*data, "--inner_loss_reduction=sum", "--iterations=2", check=False)
+    assert "inner_loss_reduction='mean' but this run asks for inner_loss_reduction='sum'" in refused.stderr
+
+
 @pytest.mark.parametrize("mode", [["--eval_only"], ["--iterations=2"]])
 def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
     (tmp_path / "config.json").write_text('{"num_ways": 5,')
