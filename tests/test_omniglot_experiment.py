@@ -110,41 +110,33 @@ def test_logdir_alone_resumes_a_run_with_its_own_settings(data_dir, tmp_path):
     assert [h["iteration"] for h in history if "val_accuracy" in h] == [2, 4]  # the run's own validate_every
 
 
-def test_batch_norm_offsets_left_out_of_the_inner_loop_are_part_of_the_run(data_dir, tmp_path):
-    """--noadapt_batch_norm (the authors' inner loop) is recorded and cannot change on resume; a run
-    recorded before the flag existed adapted every weight."""
-    logdir = tmp_path / "run"
-    data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
-    run(*data, "--noadapt_batch_norm", "--iterations=1")
-    config = json.loads((logdir / "config.json").read_text())
-    assert config["adapt_batch_norm"] is False
-    assert json.loads((logdir / "metrics.json").read_text())["config"]["adapt_batch_norm"] is False
-    refused = run(*data, "--adapt_batch_norm", "--iterations=2", check=False)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "adapt_batch_norm=False but this run asks for adapt_batch_norm=True" in refused.stderr
-    del config["adapt_batch_norm"]  # as a run made before the flag
-    (logdir / "config.json").write_text(json.dumps(config))
-    refused = run(*data, "--noadapt_batch_norm", "--iterations=2", check=False)
-    assert "adapt_batch_norm=True but this run asks for adapt_batch_norm=False" in refused.stderr
+# (flag of the run, flag that contradicts it, config key, its value in the run, the value of runs
+# recorded before the flag existed)
+RECORDED_SETTINGS = [
+    ("--noadapt_batch_norm", "--adapt_batch_norm", "adapt_batch_norm", False, True),  # authors' inner loop
+    ("--inner_loss_reduction=sum", "--inner_loss_reduction=mean", "inner_loss_reduction", "sum", "mean"),
+]
 
 
-def test_the_inner_loss_reduction_is_part_of_the_run(data_dir, tmp_path):
-    """--inner_loss_reduction=sum (the authors' support loss) is recorded with its step size on the mean
-    and cannot change on resume; a run recorded before the flag used the mean."""
+@pytest.mark.parametrize("flag,other,key,value,before", RECORDED_SETTINGS)
+def test_an_inner_loop_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, key, value, before):
+    """The authors' inner-loop settings are recorded and cannot change on resume; a run recorded before
+    such a flag existed had the old behaviour."""
     logdir = tmp_path / "run"
     data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
-    run(*data, "--inner_loss_reduction=sum", "--iterations=1")
+    run(*data, flag, "--iterations=1")
     config = json.loads((logdir / "config.json").read_text())
-    assert config["inner_loss_reduction"] == "sum" and config["inner_step_size"] == pytest.approx(5 * 0.4)
     metrics = json.loads((logdir / "metrics.json").read_text())
-    assert metrics["config"]["inner_loss_reduction"] == "sum" and "lr 2 on the mean" in metrics["protocol"]
-    refused = run(*data, "--inner_loss_reduction=mean", "--iterations=2", check=False)
+    assert config[key] == value and metrics["config"][key] == value
+    if key == "inner_loss_reduction":  # 5-way: lr 0.4 on N times the mean is a step of 2.0 on the mean
+        assert config["inner_step_size"] == pytest.approx(5 * 0.4) and "lr 2 on the mean" in metrics["protocol"]
+    refused = run(*data, other, "--iterations=2", check=False)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "inner_loss_reduction='sum' but this run asks for inner_loss_reduction='mean'" in refused.stderr
-    del config["inner_loss_reduction"]  # as a run made before the flag
+    assert f"{key}={value!r} but this run asks for {key}={before!r}" in refused.stderr
+    del config[key]  # as a run made before the flag
     (logdir / "config.json").write_text(json.dumps(config))
-    refused = run(*data, "--inner_loss_reduction=sum", "--iterations=2", check=False)
-    assert "inner_loss_reduction='mean' but this run asks for inner_loss_reduction='sum'" in refused.stderr
+    refused = run(*data, flag, "--iterations=2", check=False)
+    assert f"{key}={before!r} but this run asks for {key}={value!r}" in refused.stderr
 
 
 @pytest.mark.parametrize("mode", [["--eval_only"], ["--iterations=2"]])
