@@ -35,7 +35,8 @@ from maml_tf.training import CheckpointError, check_config, make_checkpoint, mak
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
-              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm", "inner_loss_reduction", "seed")
+              "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm",
+              "inner_loss_reduction", "seed")
 # What runs recorded before a setting existed did (their config.json lacks it).
 RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean"}
 
@@ -69,6 +70,11 @@ class Config:
     layout: str
     jit_compile: bool
 
+    def __post_init__(self):
+        if self.inner_loss_reduction not in INNER_LOSS_REDUCTIONS:
+            raise ValueError(f"inner_loss_reduction must be one of {INNER_LOSS_REDUCTIONS}, "
+                             f"not {self.inner_loss_reduction!r}.")
+
     @property
     def inner_step_size(self) -> float:
         """The step size the inner loop applies to the mean cross-entropy of the support set.
@@ -78,9 +84,6 @@ class Config:
         which ``tf.gradients`` sums over the N*K support examples, i.e. N times the mean. A plain
         gradient step of ``inner_lr`` on N times the mean is a step of ``N * inner_lr`` on the mean,
         exactly, first and second order alike."""
-        if self.inner_loss_reduction not in INNER_LOSS_REDUCTIONS:
-            raise ValueError(f"inner_loss_reduction must be one of {INNER_LOSS_REDUCTIONS}, "
-                             f"not {self.inner_loss_reduction!r}.")
         return self.inner_lr * (self.num_ways if self.inner_loss_reduction == "sum" else 1)
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import flags
 
 LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
-INNER_LOSS_REDUCTIONS = ("mean", "sum")  # experiments/fewshot.py
+INNER_LOSS_REDUCTIONS = ("mean", "sum")  # what each means: fewshot.Config.inner_step_size
 DEFAULT_INNER_LOSS_REDUCTION = "mean"
 
 
