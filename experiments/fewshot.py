@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fewshot_flags import DEFAULT_INNER_LOSS_REDUCTION, INNER_LOSS_REDUCTIONS
+from fewshot_flags import DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS, OUTPUT_INITS
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import read_json
 from maml_tf.functional import batch_norm_weights, get_weights
@@ -36,9 +36,9 @@ from maml_tf.training import CheckpointError, check_config, make_checkpoint, mak
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
               "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm",
-              "inner_loss_reduction", "seed")
+              "inner_loss_reduction", "output_init", "seed")
 # What runs recorded before a setting existed did (their config.json lacks it).
-RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean"}
+RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean", "output_init": "glorot"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Config:
     transductive_bn: bool
     adapt_batch_norm: bool  # False: batch-norm offsets are meta-learned only, not adapted (authors' code)
     inner_loss_reduction: str  # "mean" or "sum" (authors' code): see inner_step_size
+    output_init: str  # the output layer's initial kernel: "glorot" or "normal" (N(0, 1), authors' Omniglot code)
     seed: int
     eval_tasks: int
     eval_seed: int
@@ -74,6 +75,8 @@ class Config:
         if self.inner_loss_reduction not in INNER_LOSS_REDUCTIONS:
             raise ValueError(f"inner_loss_reduction must be one of {INNER_LOSS_REDUCTIONS}, "
                              f"not {self.inner_loss_reduction!r}.")
+        if self.output_init not in OUTPUT_INITS:
+            raise ValueError(f"output_init must be one of {OUTPUT_INITS}, not {self.output_init!r}.")
 
     @property
     def inner_step_size(self) -> float:
@@ -119,9 +122,11 @@ def task_losses(model: keras.Model, cfg: Config):
 
 
 def variant_suffix(cfg: Config) -> str:
-    """The default log directory's suffix for settings other than the default batch norm and inner loss."""
+    """The default log directory's suffix for settings other than the default batch norm, inner loss and
+    output layer initialisation."""
     return (("" if cfg.transductive_bn else "_nontransductive") + ("" if cfg.adapt_batch_norm else "_bn_meta_only")
-            + ("" if cfg.inner_loss_reduction == DEFAULT_INNER_LOSS_REDUCTION else f"_{cfg.inner_loss_reduction}_loss"))
+            + ("" if cfg.inner_loss_reduction == DEFAULT_INNER_LOSS_REDUCTION else f"_{cfg.inner_loss_reduction}_loss")
+            + ("" if cfg.output_init == DEFAULT_OUTPUT_INIT else f"_{cfg.output_init}_output_init"))
 
 
 def frozen_weights(model: keras.Model, cfg: Config) -> list:
@@ -405,7 +410,8 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
         **{name: pick(name) for name in (
             "num_ways", "num_shots", "num_query", "eval_num_query", "meta_batch_size", "inner_lr",
             "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn",
-            "adapt_batch_norm", "inner_loss_reduction", "seed", "validate_every", "checkpoint_every", "log_every")},
+            "adapt_batch_norm", "inner_loss_reduction", "output_init", "seed", "validate_every", "checkpoint_every",
+            "log_every")},
         **run_only)
 
 

@@ -13,6 +13,8 @@ from absl import flags
 LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
 INNER_LOSS_REDUCTIONS = ("mean", "sum")  # what each means: fewshot.Config.inner_step_size
 DEFAULT_INNER_LOSS_REDUCTION = "mean"
+OUTPUT_INITS = ("glorot", "normal")  # maml_tf.models.OUTPUT_INITS
+DEFAULT_OUTPUT_INIT = "glorot"
 
 
 def define_task_flags(help: dict) -> None:
@@ -51,6 +53,9 @@ def define_run_flags(eval_batch_size: int) -> None:
                       "The support-set loss the inner step differentiates. sum: the cross-entropy summed over the "
                       "N*K support examples and divided by K, as the authors' code (xent in cbfinn/maml), so "
                       "--inner_lr acts as N * inner_lr on the mean; mean: the mean cross-entropy.")
+    flags.DEFINE_enum("output_init", DEFAULT_OUTPUT_INIT, OUTPUT_INITS,
+                      "Initial kernel of the output layer. glorot: Keras's default; normal: N(0, 1), as the "
+                      "authors' Omniglot conv net (w5 = tf.random_normal in cbfinn/maml).")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
     flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
     flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")

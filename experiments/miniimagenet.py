@@ -119,7 +119,7 @@ def main(argv):
     samplers, split = load_samplers(cfg, data_dir, use_cache=not FLAGS.fixture)
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)
     command = " ".join(["python", "experiments/miniimagenet.py"] + sys.argv[1:])
-    fewshot.run(cfg, lambda: models.miniimagenet_conv(cfg.num_ways), samplers, logdir, paper_entry, split, command,
+    fewshot.run(cfg, lambda: models.miniimagenet_conv(cfg.num_ways, output_init=cfg.output_init), samplers, logdir, paper_entry, split, command,
                 eval_only=FLAGS.eval_only)
     return 0
 

@@ -20,7 +20,9 @@ the meta-optimizer alone, as the authors' code does (logdir suffix _bn_meta_only
 differentiates the mean cross-entropy of the support set; --inner_loss_reduction=sum differentiates
 the authors' support loss instead, the per-example cross-entropy summed and divided by K, which is N
 times the mean: their inner lr 0.4 (5-way) or 0.1 (20-way) is then a step of 2.0 on the mean (logdir
-suffix _sum_loss).
+suffix _sum_loss). The output layer's kernel starts as Keras's default (Glorot uniform);
+--output_init=normal starts it as N(0, 1), as the authors' code does for this network (logdir suffix
+_normal_output_init).
 
 Writes <logdir>/metrics.json (default logdir results/omniglot/<W>way<K>shot, results/omniglot_mlp/...
 for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), checkpoints in
@@ -155,8 +157,8 @@ def main(argv):
               f"{5 if cfg.num_ways < 20 else 20}-way preset.", file=sys.stderr)
     splits, samplers = load_splits(cfg)
     check_split(splits, logdir)
-    build = {"conv": lambda: models.omniglot_conv(cfg.num_ways),
-             "mlp": lambda: models.mlp_classifier(cfg.num_ways)}[cfg.model]
+    build = {"conv": lambda: models.omniglot_conv(cfg.num_ways, output_init=cfg.output_init),
+             "mlp": lambda: models.mlp_classifier(cfg.num_ways, output_init=cfg.output_init)}[cfg.model]
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)
     command = " ".join(["python", "experiments/omniglot.py"] + sys.argv[1:])
     fewshot.run(cfg, build, samplers, logdir, paper_entry, split_record(splits, logdir) if not FLAGS.eval_only else {},

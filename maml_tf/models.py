@@ -9,6 +9,10 @@
   normalises with the statistics of the current batch (transductive, as the paper). It is
   :class:`ExactBatchNormalization`, so that second-order meta-gradients through it are exact.
 - The "no conv" MLP of Table 1: 256-128-64-64, each hidden layer with batch norm and ReLU.
+
+The output layer's kernel starts as Keras's default (Glorot uniform) unless ``output_init="normal"``:
+N(0, 1), as the authors' Omniglot conv net (``w5 = tf.Variable(tf.random_normal([64, N]))`` in
+cbfinn/maml's ``maml.py``; their mini-ImageNet output layer is Glorot, their MLP truncated N(0, 0.01)).
 """
 
 from __future__ import annotations
@@ -18,6 +22,22 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 from keras import layers
+
+OUTPUT_INITS = ("glorot", "normal")
+
+
+def _check_output_init(output_init: str) -> None:
+    if output_init not in OUTPUT_INITS:
+        raise ValueError(f"output_init must be one of {OUTPUT_INITS}, not {output_init!r}.")
+
+
+def _output_layer(num_classes: int, output_init: str) -> layers.Dense:
+    """The linear output layer; its kernel starts as Keras's default (Glorot uniform) or N(0, 1).
+
+    Made after the layers before it, so that with the same seed their weights do not depend on
+    ``output_init`` (an unseeded Keras initializer draws its seed when it is created)."""
+    init = keras.initializers.RandomNormal(mean=0.0, stddev=1.0) if output_init == "normal" else "glorot_uniform"
+    return layers.Dense(num_classes, kernel_initializer=init, name="logits")
 
 
 @keras.saving.register_keras_serializable(package="maml_tf")
@@ -56,11 +76,12 @@ def mlp_regressor(input_dim: int = 1, hidden: Sequence[int] = (40, 40), output_d
 
 
 def conv_classifier(num_classes: int, image_shape=(28, 28, 1), filters: int = 64, blocks: int = 4,
-                    downsample: str = "stride", name: str = "convnet") -> keras.Model:
+                    downsample: str = "stride", name: str = "convnet", output_init: str = "glorot") -> keras.Model:
     """4 x [conv 3x3, BN, ReLU]; ``downsample="stride"`` (Omniglot: stride-2 convs, global average)
     or ``"maxpool"`` (MiniImagenet: stride 1, 2x2 max-pool, flatten)."""
     if downsample not in ("stride", "maxpool"):
         raise ValueError(f"downsample must be 'stride' or 'maxpool', not {downsample!r}.")
+    _check_output_init(output_init)
     inputs = keras.Input(tuple(image_shape), name="image")
     h = inputs
     for i in range(blocks):
@@ -74,26 +95,29 @@ def conv_classifier(num_classes: int, image_shape=(28, 28, 1), filters: int = 64
         h = layers.GlobalAveragePooling2D(name="avg")(h)
     else:
         h = layers.Flatten(name="flatten")(h)
-    outputs = layers.Dense(num_classes, name="logits")(h)
+    outputs = _output_layer(num_classes, output_init)(h)
     return keras.Model(inputs, outputs, name=name)
 
 
-def omniglot_conv(num_classes: int) -> keras.Model:
-    return conv_classifier(num_classes, (28, 28, 1), filters=64, downsample="stride", name="omniglot_conv")
+def omniglot_conv(num_classes: int, output_init: str = "glorot") -> keras.Model:
+    return conv_classifier(num_classes, (28, 28, 1), filters=64, downsample="stride", name="omniglot_conv",
+                           output_init=output_init)
 
 
-def miniimagenet_conv(num_classes: int) -> keras.Model:
-    return conv_classifier(num_classes, (84, 84, 3), filters=32, downsample="maxpool", name="miniimagenet_conv")
+def miniimagenet_conv(num_classes: int, output_init: str = "glorot") -> keras.Model:
+    return conv_classifier(num_classes, (84, 84, 3), filters=32, downsample="maxpool", name="miniimagenet_conv",
+                           output_init=output_init)
 
 
 def mlp_classifier(num_classes: int, image_shape=(28, 28, 1), hidden: Sequence[int] = (256, 128, 64, 64),
-                   name: str = "omniglot_mlp") -> keras.Model:
+                   name: str = "omniglot_mlp", output_init: str = "glorot") -> keras.Model:
     """Table 1's "MAML, no conv": flattened image, hidden layers with BN and ReLU, linear output."""
+    _check_output_init(output_init)
     inputs = keras.Input(tuple(image_shape), name="image")
     h = layers.Flatten(name="flatten")(inputs)
     for i, units in enumerate(hidden):
         h = layers.Dense(units, name=f"fc{i}")(h)
         h = ExactBatchNormalization(scale=False, epsilon=1e-3, name=f"bn{i}")(h)
         h = layers.ReLU(name=f"relu{i}")(h)
-    outputs = layers.Dense(num_classes, name="logits")(h)
+    outputs = _output_layer(num_classes, output_init)(h)
     return keras.Model(inputs, outputs, name=name)

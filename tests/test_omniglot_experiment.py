@@ -115,13 +115,14 @@ def test_logdir_alone_resumes_a_run_with_its_own_settings(data_dir, tmp_path):
 RECORDED_SETTINGS = [
     ("--noadapt_batch_norm", "--adapt_batch_norm", "adapt_batch_norm", False, True),  # authors' inner loop
     ("--inner_loss_reduction=sum", "--inner_loss_reduction=mean", "inner_loss_reduction", "sum", "mean"),
+    ("--output_init=normal", "--output_init=glorot", "output_init", "normal", "glorot"),  # authors' output layer
 ]
 
 
 @pytest.mark.parametrize("flag,other,key,value,before", RECORDED_SETTINGS)
-def test_an_inner_loop_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, key, value, before):
-    """The authors' inner-loop settings are recorded and cannot change on resume; a run recorded before
-    such a flag existed had the old behaviour."""
+def test_a_recorded_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, key, value, before):
+    """The authors' inner-loop and initialisation settings are recorded and cannot change on resume; a run
+    recorded before such a flag existed had the old behaviour."""
     logdir = tmp_path / "run"
     data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
     run(*data, flag, "--iterations=1")
