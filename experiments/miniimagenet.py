@@ -119,8 +119,8 @@ def main(argv):
     samplers, split = load_samplers(cfg, data_dir, use_cache=not FLAGS.fixture)
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)
     command = " ".join(["python", "experiments/miniimagenet.py"] + sys.argv[1:])
-    fewshot.run(cfg, lambda: models.miniimagenet_conv(cfg.num_ways, output_init=cfg.output_init), samplers, logdir, paper_entry, split, command,
-                eval_only=FLAGS.eval_only)
+    build = lambda: models.miniimagenet_conv(cfg.num_ways, output_init=cfg.output_init)  # noqa: E731
+    fewshot.run(cfg, build, samplers, logdir, paper_entry, split, command, eval_only=FLAGS.eval_only)
     return 0
 
 
