@@ -26,8 +26,8 @@ def config(**changes) -> fewshot.Config:
     base = dict(dataset="omniglot", model="conv", num_ways=WAYS, num_shots=SHOTS, num_query=QUERY,
                 eval_num_query=QUERY, meta_batch_size=TASKS, inner_lr=0.4, num_inner_steps=2, num_eval_steps=2,
                 iterations=1, meta_lr=0.001, first_order=False, transductive_bn=True, adapt_batch_norm=True,
-                inner_loss_reduction="sum", output_init="glorot", seed=0, eval_tasks=1, eval_seed=0, val_tasks=1, validate_every=0,
-                checkpoint_every=1, log_every=1, eval_batch_size=1, layout="loop", jit_compile=False)
+                inner_loss_reduction="sum", output_init="glorot", seed=0, eval_tasks=1, eval_seed=0, val_tasks=1,
+                validate_every=0, checkpoint_every=1, log_every=1, eval_batch_size=1, layout="loop", jit_compile=False)
     return fewshot.Config(**{**base, **changes})
 
 
