@@ -152,6 +152,9 @@ PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
 # count simply replaces the recorded one).
 RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout",
                 "jit_compile")
+# What runs recorded before one of the RESUMED_KEYS existed did (runs before --jit_compile had no XLA): such
+# a run resumes with it, like any recorded value, and a flag asking otherwise is recorded as a change.
+RESUMED_PREDATING = {"jit_compile": False}
 # Settings of the model and its data (MODEL_KEYS set by flags) that a resumed run takes from its config.json
 # when the flag is not given: resuming needs only --logdir. A flag given with another value is refused.
 ADOPTED_KEYS = ("seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr", "first_order",
@@ -270,7 +273,7 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
     """On resume, fill ``s`` with the run's own optimiser settings where no flag was given, and record
     the ones a flag changes (so that e.g. a run trained with --max_kl=0.005 does not silently go on
     with the default 0.01)."""
-    current = current_settings(recorded)
+    current = {**RESUMED_PREDATING, **current_settings(recorded)}
     changed, rewrite = {}, False
     for key in RESUMED_KEYS:
         if key not in current:

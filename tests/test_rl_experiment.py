@@ -204,3 +204,22 @@ def test_half_cheetah_trains_on_the_authors_env_and_evaluate_follows_the_runs_en
                 "--num_tasks=2", "--rollouts_per_task=2", "--steps=1", "--num_workers=0")
     assert mixed.returncode != 0
     assert "trained on different environments" in mixed.stderr
+
+
+def test_a_run_recorded_before_jit_compile_resumes_without_it_unless_told(tmp_path):
+    """Runs recorded before --jit_compile existed had no XLA: resumed, they keep that, and a flag asking
+    for XLA is recorded as a change (it was once applied from the preset without a trace)."""
+    logdir = tmp_path / "maml"
+    assert run("rl/train_navigation.py", *TINY, "--horizon=20", "--iterations=1", f"--logdir={logdir}").returncode == 0
+    config = json.loads((logdir / "config.json").read_text())
+    del config["jit_compile"]  # as the config.json of a run from before the flag
+    (logdir / "config.json").write_text(json.dumps(config))
+    kept = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["jit_compile"] is False
+    assert "changes" not in json.loads((logdir / "config.json").read_text())
+    told = run("rl/train_navigation.py", *TINY, "--iterations=3", "--jit_compile", f"--logdir={logdir}")
+    assert told.returncode == 0, told.stderr[-2000:]
+    assert "resuming at iteration 2 with jit_compile=True (the run so far: False)" in told.stdout
+    assert json.loads((logdir / "config.json").read_text())["changes"] == [{"from_iteration": 2, "jit_compile": True}]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["jit_compile"] is True
