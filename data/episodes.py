@@ -74,6 +74,11 @@ class EpisodeSampler:
       scale: multiplies the pixels when converting to `dtype`; defaults to 1/255 for uint8 images
         (so they come out in [0, 1]) and 1 otherwise.
       dtype: dtype of the returned inputs.
+      class_groups: optional int array [num_classes]: classes with the same value belong to one
+        group (for Omniglot, the rotated copies of one character). When given, a task draws N
+        distinct groups and one class of each, uniformly among the group's classes, so no two
+        classes of one group meet in a task (the authors' Omniglot tasks: N distinct characters,
+        each at a random rotation). When None, classes are drawn independently of each other.
       name, class_noun, example_noun: only used to word error messages, e.g. "Omniglot",
         "character", "drawings".
 
@@ -91,6 +96,7 @@ class EpisodeSampler:
         *,
         scale: float | None = None,
         dtype=np.float32,
+        class_groups: np.ndarray | Sequence[int] | None = None,
         name: str = "the data set",
         class_noun: str = "class",
         example_noun: str = "examples",
@@ -134,6 +140,23 @@ class EpisodeSampler:
             scale = 1.0 / 255.0 if flat.dtype == np.uint8 else 1.0
         self.scale = float(scale)
 
+        self._groups = None
+        if class_groups is not None:
+            class_groups = np.asarray(class_groups)
+            if class_groups.shape != (self.num_classes,) or not np.issubdtype(class_groups.dtype, np.integer):
+                raise ValueError(f"class_groups must be {self.num_classes} integers (one per class), got "
+                                 f"shape {class_groups.shape} and dtype {class_groups.dtype}.")
+            _, group_of_class = np.unique(class_groups, return_inverse=True)
+            group_sizes = np.bincount(group_of_class)
+            members = np.zeros((len(group_sizes), int(group_sizes.max())), dtype=np.int64)
+            order = np.argsort(group_of_class, kind="stable")  # classes sorted by group
+            position = np.arange(self.num_classes) - np.repeat(np.cumsum(group_sizes) - group_sizes, group_sizes)
+            members[group_of_class[order], position] = order
+            self._groups = (members, group_sizes)
+            if self.num_ways > len(group_sizes):
+                raise ValueError(
+                    f"{self.num_ways}-way tasks of distinct {class_noun}s need {self.num_ways} {class_noun}s "
+                    f"but {name} has only {len(group_sizes)}.")
         if self.num_ways > self.num_classes:
             raise ValueError(
                 f"{self.num_ways}-way tasks need {self.num_ways} {class_noun} classes but {name} has "
@@ -159,7 +182,13 @@ class EpisodeSampler:
         n, k, q = self.num_ways, self.num_shots, self.num_query
         # The first N positions of a random permutation: N distinct classes in random order, so
         # class-to-label assignment is uniform.
-        classes = np.argsort(rng.random((num_tasks, self.num_classes)), axis=1)[:, :n]
+        if self._groups is None:
+            classes = np.argsort(rng.random((num_tasks, self.num_classes)), axis=1)[:, :n]
+        else:  # N distinct groups in random order, then one class of each, uniformly
+            members, sizes = self._groups
+            groups = np.argsort(rng.random((num_tasks, len(sizes))), axis=1)[:, :n]
+            pick = np.floor(rng.random((num_tasks, n)) * sizes[groups]).astype(np.int64)
+            classes = members[groups, np.minimum(pick, sizes[groups] - 1)]
         # Per (task, class): the first K+Q positions of a random permutation of the class's examples.
         # Slots beyond a (smaller) class's size get key 2 > any uniform key, so they sort last.
         keys = rng.random((num_tasks, n, self._max_count))
@@ -208,19 +237,28 @@ class ImageClasses:
     name: str = "the data set"
     class_noun: str = "class"
     example_noun: str = "examples"
+    class_groups: tuple | None = None  # group of each class (e.g. its character), see EpisodeSampler
 
     def __post_init__(self):
         if len(self.images) != len(self.class_names):
             raise ValueError(
                 f"{self.name}: {len(self.images)} classes of images but {len(self.class_names)} names.")
+        if self.class_groups is not None and len(self.class_groups) != len(self.class_names):
+            raise ValueError(
+                f"{self.name}: {len(self.class_names)} classes but {len(self.class_groups)} class groups.")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def sampler(self, num_ways: int, num_shots: int, num_query: int | None = None,
-                **kwargs) -> EpisodeSampler:
-        """An EpisodeSampler over this split (kwargs go to EpisodeSampler)."""
+    def sampler(self, num_ways: int, num_shots: int, num_query: int | None = None, *,
+                distinct_groups: bool = False, **kwargs) -> EpisodeSampler:
+        """An EpisodeSampler over this split (kwargs go to EpisodeSampler); `distinct_groups=True`
+        draws tasks of classes from distinct groups (`class_groups`, which must then be set)."""
+        if distinct_groups:
+            if self.class_groups is None:
+                raise ValueError(f"{self.name} has no class groups, so tasks of distinct groups cannot be drawn.")
+            kwargs["class_groups"] = np.asarray(self.class_groups)
         kwargs.setdefault("name", self.name)
         kwargs.setdefault("class_noun", self.class_noun)
         kwargs.setdefault("example_noun", self.example_noun)

@@ -22,7 +22,9 @@ the authors' support loss instead, the per-example cross-entropy summed and divi
 times the mean: their inner lr 0.4 (5-way) or 0.1 (20-way) is then a step of 2.0 on the mean (logdir
 suffix _sum_loss). The output layer's kernel starts as Keras's default (Glorot uniform);
 --output_init=normal starts it as N(0, 1), as the authors' code does for this network (logdir suffix
-_normal_output_init).
+_normal_output_init). A task's classes are N of the rotated classes, drawn independently;
+--distinct_characters draws N distinct characters and a random rotation for each instead, as the
+authors' code (logdir suffix _distinct_characters; with --eval_only it evaluates a run on such tasks).
 
 Writes <logdir>/metrics.json (default logdir results/omniglot/<W>way<K>shot, results/omniglot_mlp/...
 for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), checkpoints in
@@ -68,6 +70,9 @@ flags.DEFINE_string("data_dir", None, "Folder with images_background.zip and ima
 flags.DEFINE_bool("download", True, "Download the archives from the Omniglot repository if they are missing.")
 flags.DEFINE_integer("num_train_characters", 1200, "Meta-training characters, validation included (paper: 1200).")
 flags.DEFINE_integer("num_val_characters", 100, "Of those, held out for validation (authors' code: 100).")
+flags.DEFINE_bool("distinct_characters", False,
+                  "Tasks of N distinct characters, each at a random rotation, as the authors' code; default: N of "
+                  "the rotated classes drawn independently (two rotations of one character can meet in a task).")
 flags.DEFINE_string("logdir", None,
                     "Checkpoints, history, metrics.json, figure (default results/omniglot[_mlp]/<W>way<K>shot).")
 fewshot_flags.define_run_flags(eval_batch_size=100)
@@ -107,9 +112,12 @@ def load_splits(cfg):
     splits = load_omniglot_splits(FLAGS.data_dir, num_train=FLAGS.num_train_characters,
                                   num_val=FLAGS.num_val_characters, download=FLAGS.download)
     samplers = {
-        "train": splits.train.sampler(cfg.num_ways, cfg.num_shots, cfg.num_query),
-        "val": splits.val.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query),
-        "test": splits.test.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query),
+        "train": splits.train.sampler(cfg.num_ways, cfg.num_shots, cfg.num_query,
+                                      distinct_groups=cfg.distinct_characters),
+        "val": splits.val.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query,
+                                  distinct_groups=cfg.distinct_characters),
+        "test": splits.test.sampler(cfg.num_ways, cfg.num_shots, cfg.eval_num_query,
+                                    distinct_groups=cfg.distinct_characters),
     }
     return splits, {k: fewshot.episode_sampler(s) for k, s in samplers.items()}
 

@@ -159,3 +159,45 @@ def test_image_classes_sampler_words_errors_with_its_nouns():
         split.sampler(5, 5, 16)
     with pytest.raises(ValueError, match="12 classes of images but 3 names"):
         ImageClasses(images=coded_images(), class_names=("a", "b", "c"))
+
+
+def test_class_groups_give_distinct_groups_and_uniform_members():
+    # 12 classes in 4 groups of 3, listed interleaved like Omniglot's rotations (class r*4 + c in group c)
+    groups = np.tile(np.arange(4), 3)
+    sampler = EpisodeSampler(coded_images(12, 4), num_ways=4, num_shots=1, num_query=1, class_groups=groups)
+    idx = sampler.sample_indices(3000, np.random.default_rng(0))
+    task_groups = groups[idx.classes]
+    assert all(len(set(row)) == 4 for row in task_groups)  # never two classes of one group
+    counts = np.bincount(idx.classes.ravel(), minlength=12)  # each class equally often: 1000 each
+    assert np.all(np.abs(counts - 1000) < 4 * np.sqrt(1000))
+    # the labels still get their groups in random order
+    assert np.all(np.abs(np.bincount(task_groups[:, 0], minlength=4) - 750) < 4 * np.sqrt(750))
+    # and the images are those of the drawn classes
+    episodes = sampler.sample(5, np.random.default_rng(1))
+    again = sampler.sample_indices(5, np.random.default_rng(1))
+    cls, _ = decode(episodes.support_inputs)
+    np.testing.assert_array_equal(cls, again.classes)
+    # without groups, two classes of one group do meet (P = 1 - 9*6*3/(11*10*9) ~ 0.51 per task)
+    plain = EpisodeSampler(coded_images(12, 4), num_ways=4, num_shots=1, num_query=1)
+    plain_groups = groups[plain.sample_indices(200, np.random.default_rng(0)).classes]
+    assert any(len(set(row)) < 4 for row in plain_groups)
+
+
+def test_class_groups_of_unequal_sizes_and_bad_groups():
+    groups = np.array([7, 7, 7, 3, 9, 9])  # group sizes 3, 1, 2
+    sampler = EpisodeSampler(coded_images(6, 2), num_ways=3, num_shots=1, num_query=0, class_groups=groups)
+    classes = sampler.sample_indices(6000, np.random.default_rng(0)).classes
+    assert all(sorted(groups[row]) == [3, 7, 9] for row in classes)
+    counts = np.bincount(classes.ravel(), minlength=6)
+    expected = 6000 * np.array([1 / 3, 1 / 3, 1 / 3, 1, 1 / 2, 1 / 2])
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+    with pytest.raises(ValueError, match="4-way tasks of distinct characters need 4 characters but toy has only 3"):
+        EpisodeSampler(coded_images(6, 2), num_ways=4, num_shots=1, class_groups=groups, name="toy",
+                       class_noun="character")
+    with pytest.raises(ValueError, match="class_groups must be 6 integers"):
+        EpisodeSampler(coded_images(6, 2), num_ways=2, num_shots=1, class_groups=[0, 1])
+    plain = ImageClasses(images=coded_images(6, 2), class_names=tuple("abcdef"), name="toy")
+    with pytest.raises(ValueError, match="toy has no class groups"):
+        plain.sampler(2, 1, distinct_groups=True)
+    grouped = ImageClasses(images=coded_images(6, 2), class_names=tuple("abcdef"), class_groups=tuple(groups))
+    assert grouped.sampler(3, 1, distinct_groups=True).sample_indices(1, np.random.default_rng(0)).classes.shape == (1, 3)

@@ -191,6 +191,10 @@ def test_split_and_rotations(fixture_dir):
                 np.testing.assert_array_equal(part.images[c + r * n],
                                               np.rot90(part.images[c], k=r, axes=(1, 2)))
                 assert part.class_names[c + r * n] == f"{character}/rot{90 * r}"
+                assert part.class_groups[c + r * n] == part.class_groups[c] == c  # group = character
+        # the authors' tasks: N distinct characters, each at a random rotation
+        classes = part.sampler(n, 1, distinct_groups=True).sample_indices(50, np.random.default_rng(0)).classes
+        assert all(sorted(row % n) == list(range(n)) for row in classes)
     assert splits.to_json()["characters"]["test"] == splits.characters["test"]
     assert split_omniglot(data, num_train=7, num_val=2, rotations=(0,)).train.num_classes == 5
     with pytest.raises(ValueError, match="multiples of 90"):

@@ -140,6 +140,28 @@ def test_a_recorded_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, 
     assert f"{key}={before!r} but this run asks for {key}={value!r}" in refused.stderr
 
 
+def test_distinct_characters_is_part_of_the_run(data_dir, tmp_path):
+    """The authors' tasks (distinct characters at random rotations): recorded, refused on resume with the
+    other sampling, usable with --eval_only on a run trained either way, and impossible with more ways
+    than characters in a split (one sentence)."""
+    logdir = tmp_path / "run"
+    data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY, "--num_ways=2"]
+    run(*data, "--distinct_characters", "--iterations=1")
+    config = json.loads((logdir / "config.json").read_text())
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert config["distinct_characters"] is True and "of distinct characters" in metrics["protocol"]
+    refused = run(*data, "--nodistinct_characters", "--iterations=2", check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "distinct_characters=True but this run asks for distinct_characters=False" in refused.stderr
+    evaluated = run(*data, "--eval_only", "--nodistinct_characters")
+    assert "DIFFERS" not in evaluated.stdout and "matches" not in evaluated.stdout  # another protocol: not compared
+    assert "matches" in run(*data, "--eval_only").stdout
+    too_many = run(f"--data_dir={data_dir}", f"--logdir={tmp_path / 'five'}", *TINY, "--distinct_characters",
+                   "--iterations=1", check=False)
+    assert too_many.returncode != 0 and "Traceback" not in too_many.stderr
+    assert "5-way tasks of distinct characters need 5 characters but Omniglot (train) has only 4." in too_many.stderr
+
+
 @pytest.mark.parametrize("mode", [["--eval_only"], ["--iterations=2"]])
 def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
     (tmp_path / "config.json").write_text('{"num_ways": 5,')
