@@ -365,7 +365,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
         "eval_wall_time_s": round(eval_wall, 1),
         "protocol": (f"{cfg.eval_tasks} random {cfg.num_ways}-way {cfg.num_shots}-shot test tasks "
                      + ("of distinct characters, each at a random rotation, " if cfg.distinct_characters else "")
-                     + f"with "
+                     + "with "
                      f"{cfg.eval_num_query} query examples per class (seed {cfg.eval_seed}); accuracy on the query "
                      f"set after 0..{cfg.num_eval_steps} inner steps of lr {cfg.inner_lr} on the support set's "
                      + ("mean cross-entropy; " if cfg.inner_loss_reduction == "mean" else
