@@ -125,6 +125,5 @@ def test_benchmark_rows_match_their_jsonl():
             assert (row["status"] == "met") == all(as_float(p) >= target for p in printed), row
         elif path.name == "maml_trpo.jsonl":
             seconds = [r["s_per_iter"] for r in records if "s_per_iter" in r]
-            idle = re.findall(r"(" + NUMBER + r") s", row["ours"].split("(")[0])
-            idle += re.findall(r"(" + NUMBER + r") and", row["ours"].split("(")[0])
+            idle = numbers(row["ours"].split("(")[0])  # the idle runs' seconds, before the parenthesis
             assert idle and all(any(matches(p, s) for s in seconds) for p in idle), (row["ours"], seconds)
