@@ -386,7 +386,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
                 stored = json.load(f)
             same_protocol = (stored.get("test", {}).get("num_tasks") == test["num_tasks"]
                              and stored.get("transductive_bn") == cfg.transductive_bn
-                             and stored.get("config", {}).get("distinct_characters", False) == cfg.distinct_characters
+                             and {**RECORDED_BEFORE, **stored.get("config", {})}["distinct_characters"] == cfg.distinct_characters
                              and len(stored.get("test", {}).get("accuracy", [])) == len(test["accuracy"]))
             if same_protocol:
                 same = np.allclose(stored["test"]["accuracy"], test["accuracy"], atol=0.02)
