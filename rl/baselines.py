@@ -124,11 +124,13 @@ def advantages(rewards: np.ndarray, obs: np.ndarray, mask: np.ndarray, discount:
 def previous_task_advantages(rewards: np.ndarray, obs: np.ndarray, mask: np.ndarray, weights: np.ndarray | None,
                              discount: float = 0.99, lam: float = 1.0,
                              reg: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Advantages in the order of rllab's sampler, which the MAML authors' code ran task by task: the
+    """Advantages in the order of rllab's original sampler (predict, then refit), run task by task: the
     values of task m come from the baseline fitted on the task processed just before it (task m - 1;
     for task 0 the given ``weights``, or a zero baseline if None), and the baseline is refitted on
-    task m's episodes after its advantages are computed. The authors' code then refitted it on all
-    tasks' episodes together (its logging pass), which is what the next batch starts from.
+    task m's episodes after its advantages are computed; then it is refitted on all tasks' episodes
+    together (the logging pass of the MAML authors' training loop), which is what the next batch starts
+    from. The authors' final sampler fits each task's baseline to its own episodes before predicting
+    (:func:`advantages`, our default); an earlier version of their code had this order.
 
     Returns (advantages [M, R, T], returns [M, R, T], weights fitted on all tasks together [F])."""
     returns = discounted_returns(rewards, mask, discount)

@@ -122,7 +122,7 @@ class Config:
     hvp_subsample: float = 0.2      # fraction of each task's post-update rollouts used for F (gauss_newton)
     layout: str = "vectorized"
     jit_compile: bool = False       # compile the curvature products with XLA (step axes padded to buckets)
-    baseline: str = "per_task"      # or "previous_task": rllab's order, as the authors' code ran it
+    baseline: str = "per_task"      # or "previous_task": rllab's original predict-then-fit order
     batch_by: str = "steps"         # "steps": >= rollouts x horizon steps per task, episodes that end early
                                     # are followed by new ones (the authors' samplers); "episodes": exactly
                                     # rollouts_per_task episodes per task

@@ -109,8 +109,9 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
                        "Fisher matrix in the curvature (the inner step's Jacobian always uses all pre-update rollouts).")
     flags.DEFINE_enum("baseline", "per_task", maml_trpo.BASELINES,
-                      "per_task: the linear baseline is fitted to each task's own episodes; previous_task: rllab's "
-                      "order, as the authors' code ran it (each task's values from the fit on the task before it).")
+                      "per_task: the linear baseline is fitted to each task's own episodes (as the authors' final "
+                      "code); previous_task: rllab's original predict-then-fit order (each task's values from the "
+                      "fit on the task before it).")
     flags.DEFINE_enum("batch_by", "steps", maml_trpo.BATCH_BY,
                       "steps: each task's batch is at least rollouts_per_task x horizon environment steps in whole "
                       "episodes, an episode that ends early being followed by a new one (the authors' rllab samplers; "
