@@ -27,7 +27,8 @@ One meta-iteration, for meta-parameters theta and a meta-batch of tasks T_1 .. T
     (theta' = theta - alpha stop_gradient(grad L_i)), so d theta'_i / d theta = I.
 
 Curvature of the constraint. The Hessian-vector products H v = hess KL(theta_0) v that conjugate
-gradient needs are computed with nested gradient tapes, in one of two ways that give the same H:
+gradient needs are computed with nested gradient tapes, in one of two ways that give the same H
+(or, as the authors' code did, by finite differences: the third way below):
 
   * ``"exact"``: ``rl.trpo.hessian_vector_product`` of KL(theta) itself, i.e. tapes nested three deep
     (the inner step's gradient, grad KL, and its directional derivative) over all the data.
@@ -48,6 +49,12 @@ gradient needs are computed with nested gradient tapes, in one of two ways that 
     measures this on one real batch (results/benchmarks/curvature.jsonl; half-cheetah direction, 40
     tasks, 20 rollouts): J_i from 4 of the 20 rollouts gave a step 2.5x shorter than the exact
     curvature's, cosine 0.76; F_i from 4 of 20 with the full J_i gives cosine 0.9995 and the same length.
+  * ``"finite_difference"``: what the MAML authors' TRPO used (rllab's ``FiniteDifferenceHvp``, the
+    default of their ``ConjugateGradientOptimizer``): (grad KL(theta + eps v) - grad KL(theta - eps v))
+    / (2 eps) with eps = fd_base_eps / |theta|, the gradients taken through the inner update on all
+    data. Their optimizer passes ``num_slices=1`` positionally into ``base_eps``, so their eps was
+    1 / |theta|, not the class's 1e-8 / |theta|: the secant spans a segment of length |v| / |theta|
+    along each CG vector v, so it is not the Hessian at theta_0 where the KL is far from quadratic.
 
 Baselines of the paper use the same learner with ``inner_steps=0``: then theta'_i = theta, only one
 batch of rollouts is sampled per iteration, and this is plain TRPO on the tasks of the batch
@@ -79,7 +86,7 @@ from maml_tf.functional import Weights, get_weights
 from rl import baselines, policies, trpo
 from rl.sampler import Episodes, Sampler
 
-CURVATURES = ("gauss_newton", "exact")
+CURVATURES = ("gauss_newton", "exact", "finite_difference")
 BATCH_BY = ("steps", "episodes")
 BASELINES = ("per_task", "previous_task")
 
@@ -120,6 +127,7 @@ class Config:
     normalize_advantages: bool = True
     curvature: str = "gauss_newton"
     hvp_subsample: float = 0.2      # fraction of each task's post-update rollouts used for F (gauss_newton)
+    fd_base_eps: float = 1.0        # finite_difference: probe eps = fd_base_eps / |theta| (the authors' value: 1)
     layout: str = "vectorized"
     jit_compile: bool = False       # compile the curvature products with XLA (step axes padded to buckets)
     baseline: str = "per_task"      # or "previous_task": rllab's original predict-then-fit order
@@ -133,6 +141,8 @@ class Config:
                              "more inner steps would need fresh rollouts after each step.")
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}.")
+        if self.fd_base_eps <= 0:
+            raise ValueError(f"fd_base_eps must be positive, got {self.fd_base_eps}.")
         if not 0.0 < self.hvp_subsample <= 1.0:
             raise ValueError(f"hvp_subsample must be in (0, 1], got {self.hvp_subsample}.")
         if self.rollouts_per_task < 1 or self.max_kl <= 0 or self.inner_lr < 0:
@@ -253,7 +263,7 @@ def curvature_rollouts(config: Config, rollouts: int | None = None) -> int:
     ``rollouts`` in the batch (default ``config.rollouts_per_task``; more with ``batch_by="steps"``
     when episodes end early)."""
     rollouts = config.rollouts_per_task if rollouts is None else int(rollouts)
-    if config.curvature == "exact":
+    if config.curvature in ("exact", "finite_difference"):
         return rollouts
     return max(1, int(math.ceil(config.hvp_subsample * rollouts)))
 
@@ -318,8 +328,9 @@ class MetaObjective:
         c = config
         self.loss_and_gradient = tf.function(self._loss_and_gradient, reduce_retracing=True)
         self.loss_and_kl = tf.function(self._loss_and_kl, reduce_retracing=True)
-        self.hvp = tf.function(self._exact_hvp if c.curvature == "exact" else self._gauss_newton_hvp,
-                               reduce_retracing=True, jit_compile=c.jit_compile)
+        hvp = {"exact": self._exact_hvp, "gauss_newton": self._gauss_newton_hvp,
+               "finite_difference": self._finite_difference_hvp}[c.curvature]
+        self.hvp = tf.function(hvp, reduce_retracing=True, jit_compile=c.jit_compile)
         self.adapted = tf.function(self._adapted_values, reduce_retracing=True)
         self.old_policy = tf.function(self._old_policy, reduce_retracing=True)
 
@@ -367,6 +378,15 @@ class MetaObjective:
         del fast
         return trpo.hessian_vector_product(
             lambda w: self._terms(w, pre, post, old, self.config.first_order)[1], weights, vector)
+
+    def _finite_difference_hvp(self, weights: Weights, vector: Weights, pre, post, old, fast):
+        """H v of the meta-KL as the authors' TRPO computed it: the symmetric secant of its gradient
+        (through the inner update, all data) over theta +- eps v, eps = fd_base_eps / |theta|
+        (``rl.trpo.finite_difference_hvp``)."""
+        del fast
+        return trpo.finite_difference_hvp(
+            lambda w: self._terms(w, pre, post, old, self.config.first_order)[1], weights, vector,
+            base_eps=self.config.fd_base_eps)
 
     def _gauss_newton_hvp(self, weights: Weights, vector: Weights, pre, post, old, fast):
         """H v = 1/M sum_i J_i^T F_i J_i v (exact at theta_0, see the module docstring)."""

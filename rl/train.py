@@ -105,7 +105,10 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_integer("cg_iterations", 10, "Conjugate-gradient iterations.")
     flags.DEFINE_float("cg_damping", 1e-5, "Damping added to the KL Hessian in conjugate gradient.")
     flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES,
-                      "How the KL Hessian-vector products are computed (both exact at the current parameters).")
+                      "How the KL Hessian-vector products are computed: gauss_newton and exact are both exact at "
+                      "the current parameters; finite_difference is the authors' (rllab's FiniteDifferenceHvp with "
+                      "their effective base_eps of 1: a secant of the meta-KL's gradient over theta +- v/|theta|, "
+                      "all rollouts).")
     flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
                        "Fisher matrix in the curvature (the inner step's Jacobian always uses all pre-update rollouts).")
     flags.DEFINE_enum("baseline", "per_task", maml_trpo.BASELINES,

@@ -101,6 +101,35 @@ def hessian_vector_product(f: Callable[[Params], tf.Tensor], params: Params, vec
     return dict(zip(keys, hv))
 
 
+def finite_difference_hvp(f: Callable[[Params], tf.Tensor], params: Params, vector: Params,
+                          base_eps: float = 1.0) -> Params:
+    """``H v`` as the symmetric secant of the gradient, the way the MAML authors' TRPO computed it
+    (rllab's ``FiniteDifferenceHvp``):
+
+        H v ~ (grad f(theta + eps v) - grad f(theta - eps v)) / (2 eps),   eps = base_eps / (|theta| + 1e-8)
+
+    with |theta| the norm of all parameters together. Exact for a quadratic ``f``; otherwise the
+    secant over the probed segment, whose length eps |v| grows with ``base_eps``. The authors'
+    optimizer passed its ``num_slices=1`` positionally into ``base_eps`` (their
+    ``conjugate_gradient_optimizer.py``), so their runs used base_eps = 1, the default here.
+    """
+    keys = list(params)
+    values = [tf.convert_to_tensor(params[k]) for k in keys]
+    tangents = [tf.cast(tf.convert_to_tensor(vector[k]), v.dtype) for k, v in zip(keys, values)]
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in values]))
+    eps = tf.cast(base_eps, norm.dtype) / (norm + 1e-8)
+
+    def gradient(vals):
+        with tf.GradientTape() as tape:
+            tape.watch(vals)
+            y = f(dict(zip(keys, vals)))
+        return tape.gradient(y, vals, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    plus = gradient([v + eps * t for v, t in zip(values, tangents)])
+    minus = gradient([v - eps * t for v, t in zip(values, tangents)])
+    return {k: (p - m) / (2.0 * eps) for k, p, m in zip(keys, plus, minus)}
+
+
 def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iterations: int = 10,
                        residual_tol: float = 1e-10) -> np.ndarray:
     """Approximately solve ``A x = b`` for symmetric positive (semi-)definite ``A`` given only

@@ -121,6 +121,43 @@ def test_curvature_products_equal_the_hessian_of_the_kl_through_the_inner_step(f
         np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
 
 
+def test_finite_difference_curvature_is_the_authors_secant_and_tends_to_the_hessian():
+    # The meta-KL (through the second-order inner step) and its explicit Hessian, as above.
+    model, gn, w0, pre, post, old, fast = tiny_setup()
+
+    def kl(w):
+        return gn._terms(w, pre, post, old, first_order=False)[1]
+
+    hessian, _ = explicit_hessian(kl, w0)
+    v = np.random.default_rng(8).normal(size=hessian.shape[0])
+    flat0 = trpo.flatten(w0).numpy()
+
+    def objective(base_eps):
+        config = maml_trpo.Config(**{**gn.config.__dict__, "curvature": "finite_difference", "fd_base_eps": base_eps})
+        return maml_trpo.MetaObjective(model, config)
+
+    # a tiny probe gives the Hessian-vector product
+    hv = objective(1e-4).hvp(w0, trpo.unflatten(v, w0), pre, post, old, fast)
+    np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-5, atol=1e-8)
+    # the authors' base_eps = 1: the secant of the gradient over theta +- v / |theta|, rebuilt here from
+    # one-tape gradients at the two points (the probe in numpy)
+    @tf.function
+    def gradient(flat):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            y = kl(trpo.unflatten(flat, w0))
+        return tape.gradient(y, flat)
+
+    eps = 1.0 / (np.linalg.norm(flat0) + 1e-8)
+    secant = (gradient(tf.constant(flat0 + eps * v)) - gradient(tf.constant(flat0 - eps * v))).numpy() / (2 * eps)
+    hv = objective(1.0).hvp(w0, trpo.unflatten(v, w0), pre, post, old, fast)
+    np.testing.assert_allclose(trpo.flatten(hv).numpy(), secant, rtol=1e-8, atol=1e-12)
+    # and on this problem that probe is long enough for the secant to differ from the Hessian
+    assert np.linalg.norm(secant - hessian @ v) > 1e-3 * np.linalg.norm(hessian @ v)
+    # it uses every post-update rollout, as the exact curvature
+    assert maml_trpo.curvature_rollouts(objective(1.0).config, 20) == 20
+
+
 def test_subsampled_curvature_keeps_the_inner_step_on_all_pre_update_rollouts():
     # 2 rollouts x 3 steps per task, hvp_subsample 0.5: the curvature must be the Hessian of the KL on
     # the first post-update rollout, through the inner step on *both* pre-update rollouts (the step

@@ -55,6 +55,36 @@ def test_hessian_vector_product_matches_explicit_hessian_of_the_kl():
         np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-8, atol=1e-10)
 
 
+def test_finite_difference_hvp_is_exact_on_a_quadratic_and_uses_eps_over_the_parameter_norm():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(5, 5))
+    a = a @ a.T
+    b = rng.normal(size=5)
+    point = {"x": tf.constant(rng.normal(size=3)), "y": tf.constant(rng.normal(size=2))}
+    v = {"x": tf.constant(rng.normal(size=3)), "y": tf.constant(rng.normal(size=2))}
+
+    def quadratic(w):
+        z = tf.concat([w["x"], w["y"]], 0)
+        return 0.5 * tf.tensordot(z, tf.linalg.matvec(tf.constant(a), z), 1) + tf.tensordot(tf.constant(b), z, 1)
+
+    flat_v = trpo.flatten(v).numpy()
+    for base_eps in (1e-3, 1.0, 10.0):  # any probe length: the gradient of a quadratic is linear
+        hv = trpo.finite_difference_hvp(quadratic, point, v, base_eps=base_eps)
+        np.testing.assert_allclose(trpo.flatten(hv).numpy(), a @ flat_v, rtol=1e-9, atol=1e-12)
+
+    # on a quartic the secant is 1/2 (f'(x + e v) - f'(x - e v)) / e with e = base_eps / |x|, by hand
+    def quartic(w):
+        return tf.reduce_sum(w["x"] ** 4)
+
+    x = point["x"].numpy()
+    e = 1.0 / (np.linalg.norm(np.concatenate([x, point["y"].numpy()])) + 1e-8)
+    vx = v["x"].numpy()
+    expected = (4 * (x + e * vx) ** 3 - 4 * (x - e * vx) ** 3) / (2 * e)
+    hv = trpo.finite_difference_hvp(quartic, point, v, base_eps=1.0)
+    np.testing.assert_allclose(hv["x"].numpy(), expected, rtol=1e-10)
+    np.testing.assert_array_equal(hv["y"].numpy(), 0.0)
+
+
 def spd_matrix(n, seed, condition=10.0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
