@@ -79,11 +79,9 @@ def test_meta_gradient_matches_central_finite_differences():
     assert np.linalg.norm(trpo.flatten(g_fo).numpy() - fd) > 1e-3 * np.linalg.norm(fd)
 
 
-def explicit_hessian(function, point, eps=1e-5):
-    """The Hessian of ``function`` (of a weight dict) at ``point`` by central differences of its
-    gradient (one tape: no nested differentiation, unlike the products under test)."""
-    flat0 = trpo.flatten(point).numpy()
-
+def flat_gradient(function, point):
+    """The gradient of ``function`` (of a weight dict shaped like ``point``) as a function of the flat
+    parameter vector, by one tape."""
     @tf.function
     def gradient(flat):
         with tf.GradientTape() as tape:
@@ -91,6 +89,14 @@ def explicit_hessian(function, point, eps=1e-5):
             y = function(trpo.unflatten(flat, point))
         return tape.gradient(y, flat)
 
+    return gradient
+
+
+def explicit_hessian(function, point, eps=1e-5):
+    """The Hessian of ``function`` (of a weight dict) at ``point`` by central differences of its
+    gradient (one tape: no nested differentiation, unlike the products under test)."""
+    flat0 = trpo.flatten(point).numpy()
+    gradient = flat_gradient(function, point)
     columns = []
     for j in range(len(flat0)):
         e = np.zeros_like(flat0)
@@ -141,13 +147,7 @@ def test_finite_difference_curvature_is_the_authors_secant_and_tends_to_the_hess
     np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-5, atol=1e-8)
     # the authors' base_eps = 1: the secant of the gradient over theta +- v / |theta|, rebuilt here from
     # one-tape gradients at the two points (the probe in numpy)
-    @tf.function
-    def gradient(flat):
-        with tf.GradientTape() as tape:
-            tape.watch(flat)
-            y = kl(trpo.unflatten(flat, w0))
-        return tape.gradient(y, flat)
-
+    gradient = flat_gradient(kl, w0)
     eps = 1.0 / (np.linalg.norm(flat0) + 1e-8)
     secant = (gradient(tf.constant(flat0 + eps * v)) - gradient(tf.constant(flat0 - eps * v))).numpy() / (2 * eps)
     hv = objective(1.0).hvp(w0, trpo.unflatten(v, w0), pre, post, old, fast)
