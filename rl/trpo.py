@@ -68,6 +68,22 @@ def num_parameters(params: Params) -> int:
 # Curvature
 
 
+def _keys_values_tangents(params: Params, vector: Params):
+    """``params`` and ``vector`` as parallel lists (the vector cast to each parameter's dtype)."""
+    keys = list(params)
+    values = [tf.convert_to_tensor(params[k]) for k in keys]
+    tangents = [tf.cast(tf.convert_to_tensor(vector[k]), v.dtype) for k, v in zip(keys, values)]
+    return keys, values, tangents
+
+
+def _gradient(f: Callable[[Params], tf.Tensor], keys: list, values: list) -> list:
+    """grad f at the parameters ``dict(zip(keys, values))``, zeros where f does not depend on one."""
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        y = f(dict(zip(keys, values)))
+    return tape.gradient(y, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def hessian_vector_product(f: Callable[[Params], tf.Tensor], params: Params, vector: Params,
                            mode: str = "double_backprop") -> Params:
     """``H v`` with ``H`` the Hessian of the scalar ``f(params)`` at ``params``, by nested tapes.
@@ -76,25 +92,16 @@ def hessian_vector_product(f: Callable[[Params], tf.Tensor], params: Params, vec
     directional derivative (forward mode) of ``grad_theta f`` along ``v``. Same result; which is
     faster depends on the model. Entries that ``f`` does not depend on get zeros.
     """
-    keys = list(params)
-    values = [tf.convert_to_tensor(params[k]) for k in keys]
-    tangents = [tf.cast(tf.convert_to_tensor(vector[k]), v.dtype) for k, v in zip(keys, values)]
-
-    def gradient(vals):
-        with tf.GradientTape() as tape:
-            tape.watch(vals)
-            y = f(dict(zip(keys, vals)))
-        return tape.gradient(y, vals, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
+    keys, values, tangents = _keys_values_tangents(params, vector)
     if mode == "double_backprop":
         with tf.GradientTape() as outer:
             outer.watch(values)
-            grads = gradient(values)
+            grads = _gradient(f, keys, values)
             gv = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(grads, tangents)])
         hv = outer.gradient(gv, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     elif mode == "forward_over_back":
         with tf.autodiff.ForwardAccumulator(values, tangents) as acc:
-            grads = gradient(values)
+            grads = _gradient(f, keys, values)
         hv = [acc.jvp(g, unconnected_gradients=tf.UnconnectedGradients.ZERO) for g in grads]
     else:
         raise ValueError(f"Unknown mode {mode!r}; choose 'double_backprop' or 'forward_over_back'.")
@@ -113,20 +120,11 @@ def finite_difference_hvp(f: Callable[[Params], tf.Tensor], params: Params, vect
     optimizer passed its ``num_slices=1`` positionally into ``base_eps`` (their
     ``conjugate_gradient_optimizer.py``), so their runs used base_eps = 1, the default here.
     """
-    keys = list(params)
-    values = [tf.convert_to_tensor(params[k]) for k in keys]
-    tangents = [tf.cast(tf.convert_to_tensor(vector[k]), v.dtype) for k, v in zip(keys, values)]
+    keys, values, tangents = _keys_values_tangents(params, vector)
     norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(v)) for v in values]))
     eps = tf.cast(base_eps, norm.dtype) / (norm + 1e-8)
-
-    def gradient(vals):
-        with tf.GradientTape() as tape:
-            tape.watch(vals)
-            y = f(dict(zip(keys, vals)))
-        return tape.gradient(y, vals, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-    plus = gradient([v + eps * t for v, t in zip(values, tangents)])
-    minus = gradient([v - eps * t for v, t in zip(values, tangents)])
+    plus = _gradient(f, keys, [v + eps * t for v, t in zip(values, tangents)])
+    minus = _gradient(f, keys, [v - eps * t for v, t in zip(values, tangents)])
     return {k: (p - m) / (2.0 * eps) for k, p, m in zip(keys, plus, minus)}
 
 
