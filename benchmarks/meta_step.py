@@ -20,7 +20,15 @@ Prints one JSON line per setting::
      "peak_rss_mb": ..., "loop_peak_rss_mb": ..., "variants": {...}, "load_avg": [...], ...}
 
 ``ms_per_iter``/``peak_rss_mb`` describe the first of ``--variants``; ``variants`` holds every
-variant's numbers. A variant is ``layout[+xla][+eigen][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``,
+variant's numbers.
+
+The floor (``benchmarks/arithmetic.py``): every worker counts the multiply-adds of its compiled step
+(``gmac_per_iter``: the live convolutions and matrix products of the graph), and after the timed
+windows a last worker measures this machine's best fp32 rate on a large matrix product and a
+large-batch convolution (``peak_gflops``, best of 5). ``floor_ms_per_iter`` = the step's arithmetic at
+that rate: no layout that does the same arithmetic can be faster. ``max_speedup`` = the loop's time
+over that floor, the most any such layout could gain over the loop on this machine; ``gflops`` per
+variant is the rate it reaches. A variant is ``layout[+xla][+eigen][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``,
 ``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``, ``loop+eigen`` (TensorFlow's
 own CPU kernels instead of oneDNN: ``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's default on CPUs without
 AVX-512; every other variant runs with oneDNN, which the batched layout's grouped convolutions need
@@ -94,6 +102,20 @@ def _rss_mb() -> tuple[float, float]:
     return peak, current
 
 
+def run_peak_child() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from arithmetic import peak_gflops
+    print(json.dumps(peak_gflops()), flush=True)
+
+
+def measure_peak() -> dict:
+    """This machine's best fp32 rate, in a fresh process (``arithmetic.peak_gflops``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child=peak"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.path.dirname(here)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_child(setting: str, spec: str) -> None:
     cfg, var = SETTINGS[setting], parse_variant(spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -133,7 +155,9 @@ def run_child(setting: str, spec: str) -> None:
     compile_s = time.perf_counter() - t0
     for i in range(FLAGS.warmup):
         float(step(batches[i % 4])["loss"])
-    print(json.dumps({"ready": True, "compile_s": compile_s}), flush=True)
+    from arithmetic import count_macs
+    macs = count_macs(step.get_concrete_function(batches[0]).graph)
+    print(json.dumps({"ready": True, "compile_s": compile_s, "gmac_per_iter": macs["total"] / 1e9}), flush=True)
     done = 0
     for line in sys.stdin:
         cmd = line.split()
@@ -187,7 +211,10 @@ class Worker:
         self.proc.wait()
         wall = [w["wall_ms"] for w in self.windows]
         cpu = [w["cpu_ms"] for w in self.windows]
-        return {**parse_variant(self.spec), "ms_per_iter": round(statistics.median(wall), 1),
+        ms = statistics.median(wall)
+        return {**parse_variant(self.spec), "ms_per_iter": round(ms, 1),
+                "gmac_per_iter": round(self.ready["gmac_per_iter"], 3),
+                "gflops": round(2 * self.ready["gmac_per_iter"] / ms * 1e3, 1),
                 "cpu_ms_per_iter": round(statistics.median(cpu), 1),
                 "windows_ms": [round(x, 1) for x in wall], "compile_s": round(self.ready["compile_s"], 1),
                 "peak_rss_mb": round(mem["peak_rss_mb"], 1), "rss_mb": round(mem["rss_mb"], 1)}
@@ -209,7 +236,10 @@ def bench_setting(setting: str) -> dict:
         for worker in workers:
             if worker.proc.poll() is None:
                 worker.proc.kill()
+    peak = measure_peak()
+    best = max(peak["matmul_gflops"], peak["conv_gflops"])
     ref, main = results[FLAGS.reference], results[FLAGS.variants[0]]
+    floor_ms = 2 * main["gmac_per_iter"] / best * 1e3
     return {
         "setting": setting,
         "ms_per_iter": main["ms_per_iter"],
@@ -220,6 +250,11 @@ def bench_setting(setting: str) -> dict:
         "cpu_ms_per_iter": main["cpu_ms_per_iter"],
         "loop_cpu_ms_per_iter": ref["cpu_ms_per_iter"],
         "cpu_speedup": round(ref["cpu_ms_per_iter"] / main["cpu_ms_per_iter"], 2),
+        "gmac_per_iter": main["gmac_per_iter"],
+        "loop_gmac_per_iter": ref["gmac_per_iter"],
+        "peak_gflops": peak,
+        "floor_ms_per_iter": round(floor_ms, 1),
+        "max_speedup": round(ref["ms_per_iter"] / floor_ms, 2),
         "variant": FLAGS.variants[0],
         "reference": FLAGS.reference,
         "variants": results,
@@ -235,6 +270,9 @@ def bench_setting(setting: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+    if FLAGS.child == "peak":
+        run_peak_child()
+        return 0
     if FLAGS.child:
         setting, spec = FLAGS.child.split(":", 1)
         run_child(setting, spec)
