@@ -41,8 +41,9 @@ against 228 ms for the plain loop (1.74x; an earlier run with Keras's batch norm
 1.46x), compiles in 5 s instead of 60 s, and peaks at half the memory (0.90 vs 1.87 GB). This machine's
 speed varies by tens of percent from run to run, hence ratios measured in the same run. Batching does
 not reduce the arithmetic (about 5.0 GMAC per such iteration: forward, inner gradient, query pass and
-the second-order backward pass), so 131 ms is 38 GMAC/s (105 ms was 48), while a large matrix
-product reaches about 220 GMAC/s on the same two cores. What is left is the efficiency
+the second-order backward pass; ``benchmarks/arithmetic.py`` counts it: 4.99), so 131 ms is 38 GMAC/s
+(105 ms was 48), while a large matrix product reaches about 105 GMAC/s (210 GFLOP/s) on the same two
+cores (``benchmarks/meta_step.py`` measures both in one run and reports the floor they imply). What is left is the efficiency
 of oneDNN's grouped convolutions and their gradients at these small per-task shapes (about 70% of the
 op time in a profile; batch norm's reductions and element-wise ops most of the rest). Formulations by
 image patches and batched matrix products were slower (the patch extraction and its gradient are
