@@ -36,10 +36,10 @@ from maml_tf.training import CheckpointError, check_config, make_checkpoint, mak
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
               "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm",
-              "inner_loss_reduction", "output_init", "seed", "distinct_characters")
+              "inner_loss_reduction", "output_init", "seed", "distinct_characters", "init_from")
 # What runs recorded before a setting existed did (their config.json lacks it).
 RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean", "output_init": "glorot",
-                   "distinct_characters": False}
+                   "distinct_characters": False, "init_from": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,9 @@ class Config:
     # code), instead of N of the rotated classes drawn independently (two rotations of one character
     # can then meet in a task: in 29% of 20-way test tasks). Training, validation and test alike.
     distinct_characters: bool = False
+    # The log directory of an earlier run whose best (else latest) checkpoint's weights this run starts
+    # from, with a fresh meta-optimizer (None: the model's own initialisation).
+    init_from: Optional[str] = None
 
     def __post_init__(self):
         if self.inner_loss_reduction not in INNER_LOSS_REDUCTIONS:
@@ -216,6 +219,8 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
     step = make_train_step(model, optimizer, make_objective(task_loss, cfg), jit_compile=cfg.jit_compile)
     history = History(os.path.join(logdir, "history.jsonl"))
     history.truncate_after(_checkpoint_iteration(os.path.join(logdir, "ckpt")))
+    if cfg.init_from and not _checkpoint_iteration(os.path.join(logdir, "ckpt")):
+        initialise_from(model, cfg.init_from, logdir, verbose)
 
     current = {"i": 0}
     window = {"loss": [], "query_accuracy": []}
@@ -248,6 +253,20 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
                  checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                  validate=validate if cfg.validate_every else None, validate_every=cfg.validate_every,
                  name=f"{cfg.dataset} {cfg.setting}", verbose=verbose)
+
+
+def initialise_from(model: keras.Model, source: str, logdir: str, verbose: bool = True) -> dict:
+    """Start a new run in ``logdir`` from the weights of the run in ``source`` (its best checkpoint, else
+    its latest: :func:`load_for_evaluation`); writes what was loaded to ``logdir/init_from.json``."""
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"--init_from={source} is not a directory; it takes the log directory of an earlier run.")
+    info = {"logdir": source, **load_for_evaluation(model, source)}
+    with open(os.path.join(logdir, "init_from.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    if verbose:
+        print(f"initialised from {os.path.join(source, info['checkpoint'])} (iteration {info['iteration']} of "
+              f"that run); this run's iterations count from 0 with a fresh meta-optimizer")
+    return info
 
 
 def load_for_evaluation(model: keras.Model, logdir: str) -> dict:
@@ -420,7 +439,7 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
             "num_ways", "num_shots", "num_query", "eval_num_query", "meta_batch_size", "inner_lr",
             "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn",
             "adapt_batch_norm", "inner_loss_reduction", "output_init", "seed", "validate_every", "checkpoint_every",
-            "log_every")},
+            "log_every", "init_from")},
         **({"distinct_characters": pick("distinct_characters")} if "distinct_characters" in flag_values else {}),
         **run_only)
 

@@ -57,6 +57,10 @@ def define_run_flags(eval_batch_size: int) -> None:
                       "Initial kernel of the output layer. glorot: Keras's default; normal: N(0, 1), as the "
                       "authors' Omniglot conv net (w5 = tf.random_normal in cbfinn/maml).")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
+    flags.DEFINE_string("init_from", None,
+                        "The log directory of an earlier run: a new run (in another --logdir) starts from the "
+                        "weights of its best-validation checkpoint (else its latest), with a fresh meta-optimizer; "
+                        "its iterations count from 0. Ignored when --logdir resumes its own checkpoint.")
     flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
     flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
     flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")

@@ -165,6 +165,8 @@ def main(argv):
               f"{5 if cfg.num_ways < 20 else 20}-way preset.", file=sys.stderr)
     splits, samplers = load_splits(cfg)
     check_split(splits, logdir)
+    if cfg.init_from:  # the weights it starts from must not have seen this run's validation or test characters
+        check_split(splits, cfg.init_from)
     build = {"conv": lambda: models.omniglot_conv(cfg.num_ways, output_init=cfg.output_init),
              "mlp": lambda: models.mlp_classifier(cfg.num_ways, output_init=cfg.output_init)}[cfg.model]
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)

@@ -198,3 +198,41 @@ def test_bad_data_exits_with_one_sentence(data_dir, tmp_path):
     assert bad.returncode == 1
     assert "is not a readable zip archive" in last_line(bad.stderr)
     assert "Traceback" not in missing.stderr + too_many.stderr + bad.stderr
+
+
+def _weights(checkpoint_dir):
+    """The model weights (not the optimizer's slots) of the latest checkpoint in a directory."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(checkpoint_dir))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "_trainable_variables/" in name or "moving_" in name}
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(data_dir, tmp_path):
+    import numpy as np
+    source, new, scratch = tmp_path / "source", tmp_path / "new", tmp_path / "scratch"
+    data = [f"--data_dir={data_dir}", *TINY]
+    run(*data, f"--logdir={source}", "--iterations=2")
+    # A meta-learning rate far below float32's resolution leaves the weights where they start.
+    still = ["--iterations=2", "--meta_lr=1e-30"]
+    started = run(*data, f"--logdir={new}", f"--init_from={source}", *still)
+    assert f"initialised from {source}/best/ckpt-2 (iteration 2 of that run)" in started.stdout
+    run(*data, f"--logdir={scratch}", *still)
+    loaded, own, fresh = _weights(source / "best"), _weights(new / "best"), _weights(scratch / "best")
+    assert loaded.keys() == own.keys() == fresh.keys() and len(loaded) > 0
+    assert all(np.array_equal(loaded[k], own[k]) for k in loaded)
+    assert not all(np.array_equal(loaded[k], fresh[k]) for k in loaded)  # the check can tell them apart
+    assert json.loads((new / "init_from.json").read_text())["iteration"] == 2
+    assert json.loads((new / "config.json").read_text())["init_from"] == str(source)
+    history = [json.loads(line) for line in (new / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history if "val_accuracy" in h] == [2]  # its own count, from 0
+    # Resuming the new run keeps its setting; another architecture or a missing folder is one sentence.
+    assert "resumed" in run(*data, f"--logdir={new}", "--iterations=4").stdout
+    other = run(*data, f"--logdir={tmp_path / 'two_way'}", f"--init_from={source}", "--num_ways=2",
+                "--iterations=1", check=False)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "does not fit this model" in last_line(other.stderr)
+    missing = run(*data, f"--logdir={tmp_path / 'x'}", f"--init_from={tmp_path / 'nowhere'}", "--iterations=1",
+                  check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert last_line(missing.stderr).endswith("it takes the log directory of an earlier run.")
