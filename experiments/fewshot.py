@@ -218,8 +218,9 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
     optimizer = keras.optimizers.Adam(cfg.meta_lr)
     step = make_train_step(model, optimizer, make_objective(task_loss, cfg), jit_compile=cfg.jit_compile)
     history = History(os.path.join(logdir, "history.jsonl"))
-    history.truncate_after(_checkpoint_iteration(os.path.join(logdir, "ckpt")))
-    if cfg.init_from and not _checkpoint_iteration(os.path.join(logdir, "ckpt")):
+    resumed_at = _checkpoint_iteration(os.path.join(logdir, "ckpt"))
+    history.truncate_after(resumed_at)
+    if cfg.init_from and not resumed_at:  # a resumed run continues from its own checkpoint
         initialise_from(model, cfg.init_from, logdir, verbose)
 
     current = {"i": 0}
