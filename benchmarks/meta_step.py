@@ -28,7 +28,9 @@ windows a last worker measures this machine's best fp32 rate on a large matrix p
 large-batch convolution (``peak_gflops``, best of 5). ``floor_ms_per_iter`` = the step's arithmetic at
 that rate: no layout that does the same arithmetic can be faster. ``max_speedup`` = the loop's time
 over that floor, the most any such layout could gain over the loop on this machine; ``gflops`` per
-variant is the rate it reaches. A variant is ``layout[+xla][+eigen][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``,
+variant is the rate it reaches. A variant is ``layout[+xla][+eigen][+bf16][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``, ``batched+bf16``
+(convolutions and matrix products in bfloat16, batched layout only: the same multiply-adds at lower
+precision, so the fp32 floor does not bound it),
 ``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``, ``loop+eigen`` (TensorFlow's
 own CPU kernels instead of oneDNN: ``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's default on CPUs without
 AVX-512; every other variant runs with oneDNN, which the batched layout's grouped convolutions need
@@ -58,10 +60,10 @@ SETTINGS = {
     "20way1shot": dict(num_ways=20, num_shots=1, meta_batch_size=16, num_inner_steps=5, inner_lr=0.1),
 }
 LAYOUTS = ("loop", "vectorized", "batched")
-VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
+VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(?P<bf16>\+bf16)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
 
 flags.DEFINE_list("settings", list(SETTINGS), f"Settings to run: {', '.join(SETTINGS)}.")
-flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][@INTRAxINTER].")
+flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][+bf16][@INTRAxINTER].")
 flags.DEFINE_string("reference", "loop", "The denominator variant.")
 flags.DEFINE_integer("iters", 5, "Iterations per timed window.", lower_bound=1)
 flags.DEFINE_integer("windows", 3, "Timed windows per variant (interleaved across variants).", lower_bound=1)
@@ -71,7 +73,7 @@ flags.DEFINE_string("child", None, "Internal: run one variant as a worker (setti
 flags.register_validator("settings", lambda v: len(v) > 0 and set(v) <= set(SETTINGS),
                          f"--settings takes a comma-separated subset of {','.join(SETTINGS)}.")
 flags.register_validator("variants", lambda v: len(v) > 0 and all(_parse_ok(s) for s in v),
-                         "--variants takes specs like batched, loop@1x1, batched+xla or loop+eigen (layouts: "
+                         "--variants takes specs like batched, loop@1x1, batched+xla, batched+bf16 or loop+eigen (+bf16: batched only; layouts: "
                          + ", ".join(LAYOUTS) + ").")
 flags.register_validator("reference", lambda s: _parse_ok(s), "--reference takes a spec like loop or loop@1x1.")
 FLAGS = flags.FLAGS
@@ -79,12 +81,13 @@ FLAGS = flags.FLAGS
 
 def _parse_ok(spec: str) -> bool:
     m = VARIANT.match(spec)
-    return bool(m) and m.group("layout") in LAYOUTS
+    return bool(m) and m.group("layout") in LAYOUTS and (not m.group("bf16") or m.group("layout") == "batched")
 
 
 def parse_variant(spec: str) -> dict:
     m = VARIANT.match(spec)
     return {"layout": m.group("layout"), "jit_compile": bool(m.group("xla")), "onednn": not m.group("eigen"),
+            "compute_dtype": "bfloat16" if m.group("bf16") else "float32",
             "intra_op_threads": int(m.group("intra") or 0), "inter_op_threads": int(m.group("inter") or 0)}
 
 
@@ -135,7 +138,7 @@ def run_child(setting: str, spec: str) -> None:
     n, k, t = cfg["num_ways"], cfg["num_shots"], cfg["meta_batch_size"]
     model = models.omniglot_conv(n)
     optimizer = keras.optimizers.Adam(1e-3)
-    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype=var["compute_dtype"])
 
     def objective(weights, batch):
         support, query = batch

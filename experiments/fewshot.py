@@ -36,10 +36,10 @@ from maml_tf.training import CheckpointError, check_config, make_checkpoint, mak
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
               "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm",
-              "inner_loss_reduction", "output_init", "seed", "distinct_characters", "init_from")
+              "inner_loss_reduction", "output_init", "seed", "distinct_characters", "init_from", "compute_dtype")
 # What runs recorded before a setting existed did (their config.json lacks it).
 RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean", "output_init": "glorot",
-                   "distinct_characters": False, "init_from": None}
+                   "distinct_characters": False, "init_from": None, "compute_dtype": "float32"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +78,16 @@ class Config:
     # The log directory of an earlier run whose best (else latest) checkpoint's weights this run starts
     # from, with a fresh meta-optimizer (None: the model's own initialisation).
     init_from: Optional[str] = None
+    # The precision of the meta-training step's convolutions and matrix products (batched layout only):
+    # "float32", or "bfloat16" (weights, batch norm, losses and Adam stay float32). Validation and test
+    # always run in float32.
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.compute_dtype not in batched.COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {batched.COMPUTE_DTYPES}, not {self.compute_dtype!r}.")
+        if self.compute_dtype != "float32" and self.layout != "batched":
+            raise ValueError(f"--compute_dtype={self.compute_dtype} needs --layout=batched, not {self.layout}.")
         if self.inner_loss_reduction not in INNER_LOSS_REDUCTIONS:
             raise ValueError(f"inner_loss_reduction must be one of {INNER_LOSS_REDUCTIONS}, "
                              f"not {self.inner_loss_reduction!r}.")
@@ -135,7 +143,8 @@ def variant_suffix(cfg: Config) -> str:
     return (("" if cfg.transductive_bn else "_nontransductive") + ("" if cfg.adapt_batch_norm else "_bn_meta_only")
             + ("" if cfg.inner_loss_reduction == DEFAULT_INNER_LOSS_REDUCTION else f"_{cfg.inner_loss_reduction}_loss")
             + ("" if cfg.output_init == DEFAULT_OUTPUT_INIT else f"_{cfg.output_init}_output_init")
-            + ("_distinct_characters" if cfg.distinct_characters else ""))
+            + ("_distinct_characters" if cfg.distinct_characters else "")
+            + ("" if cfg.compute_dtype == "float32" else f"_{cfg.compute_dtype}"))
 
 
 def frozen_weights(model: keras.Model, cfg: Config) -> list:
@@ -214,9 +223,11 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
     """Meta-train (or resume) with validation; returns :class:`maml_tf.training.TrainResult`.
 
     ``curve``: the compiled evaluation (:func:`make_curve`), to share its traces with the test."""
-    task_loss, accuracy = task_losses(model, cfg)
+    task_loss, accuracy = task_losses(model, cfg)  # validation (and the test) in float32
+    train_loss = task_loss if cfg.compute_dtype == "float32" else batched.supervised_loss(
+        model, maml.softmax_cross_entropy, transductive=cfg.transductive_bn, compute_dtype=cfg.compute_dtype)
     optimizer = keras.optimizers.Adam(cfg.meta_lr)
-    step = make_train_step(model, optimizer, make_objective(task_loss, cfg), jit_compile=cfg.jit_compile)
+    step = make_train_step(model, optimizer, make_objective(train_loss, cfg), jit_compile=cfg.jit_compile)
     history = History(os.path.join(logdir, "history.jsonl"))
     resumed_at = _checkpoint_iteration(os.path.join(logdir, "ckpt"))
     history.truncate_after(resumed_at)
@@ -441,6 +452,7 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
             "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn",
             "adapt_batch_norm", "inner_loss_reduction", "output_init", "seed", "validate_every", "checkpoint_every",
             "log_every", "init_from")},
+        **({"compute_dtype": pick("compute_dtype")} if "compute_dtype" in flag_values else {}),
         **({"distinct_characters": pick("distinct_characters")} if "distinct_characters" in flag_values else {}),
         **run_only)
 

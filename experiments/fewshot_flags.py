@@ -72,6 +72,10 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest on CPUs with "
                       "AVX-512; on others, TF_ENABLE_ONEDNN_OPTS=0 with --layout=loop can be faster: README).")
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for these networks on CPU).")
+    flags.DEFINE_enum("compute_dtype", "float32", ("float32", "bfloat16"),
+                      "Precision of the meta-training step's convolutions and matrix products (batched layout; "
+                      "bfloat16 is faster on CPUs with AVX512_BF16 or AMX, see README). Weights, batch norm, "
+                      "losses and Adam stay float32; validation and test always run in float32.")
     flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
     flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
     for name in ("eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size"):

@@ -246,6 +246,9 @@ def why_unsupported(model: keras.Model) -> Optional[str]:
     return None
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 class BatchedNet:
     """Runs a supported Keras model on ``T`` tasks at once, each with its own weights.
 
@@ -256,9 +259,12 @@ class BatchedNet:
     ``[T, D, O]``); gradients with respect to them are per-task gradients in the same layout.
     """
 
-    def __init__(self, model: keras.Model, training: bool = True):
+    def __init__(self, model: keras.Model, training: bool = True, compute_dtype: str = "float32"):
         self.model = model
         self.training = training
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}.")
+        self.compute_dtype = tf.as_dtype(compute_dtype)
         self.ops = _parse(model)
         inputs = getattr(model, "inputs", None)
         self.input_shape = tuple(inputs[0].shape[1:]) if inputs else None
@@ -337,14 +343,15 @@ class BatchedNet:
                 if layout == "input":
                     h = tf.reshape(tf.transpose(h, [1, 2, 3, 0, 4]), [n, h.shape[2], h.shape[3], -1])
                     layout = "image"
-                h = tf.nn.conv2d(h, packed[op.weights["kernel"]], op.config["strides"], op.config["padding"])
+                h = self._product(lambda a, k: tf.nn.conv2d(a, k, op.config["strides"], op.config["padding"]),
+                                  h, packed[op.weights["kernel"]])
                 if "bias" in op.weights:
                     h = tf.nn.bias_add(h, packed[op.weights["bias"]])
                 h = _ELEMENTWISE[op.config["activation"]](h)
             elif op.kind == "dense":
                 if layout == "input":
                     raise ValueError(f"{op.name}: a dense layer on image inputs; flatten first")
-                h = tf.matmul(h, packed[op.weights["kernel"]])
+                h = self._product(tf.matmul, h, packed[op.weights["kernel"]])
                 if "bias" in op.weights:
                     h = h + packed[op.weights["bias"]]
                 h = _ELEMENTWISE[op.config["activation"]](h)
@@ -378,6 +385,13 @@ class BatchedNet:
             _, hh, ww, tc = h.shape
             h = tf.transpose(tf.reshape(h, [n, hh, ww, num_tasks, tc // num_tasks]), [3, 0, 1, 2, 4])
         return h
+
+    def _product(self, fn, h, kernel):
+        """A convolution or matrix product, in ``compute_dtype`` (float32 accumulation in oneDNN's bfloat16
+        kernels), its result back in float32: everything else (bias, batch norm, loss) stays float32."""
+        if self.compute_dtype == tf.float32:
+            return fn(h, kernel)
+        return tf.cast(fn(tf.cast(h, self.compute_dtype), tf.cast(kernel, self.compute_dtype)), tf.float32)
 
     def _batch_norm(self, op: _Op, packed: Weights, h, layout: str, num_tasks: int, stats_examples: Optional[int]):
         eps = op.config["epsilon"]
@@ -431,22 +445,29 @@ class SupervisedTaskLoss:
     set's batch statistics (see the module docstring).
     """
 
-    def __init__(self, model: keras.Model, loss: Callable, training: bool = True, transductive: bool = True):
+    def __init__(self, model: keras.Model, loss: Callable, training: bool = True, transductive: bool = True,
+                 compute_dtype: str = "float32"):
         self.model = model
         self.loss = loss
         self.training = training
         self.transductive = transductive
+        self.compute_dtype = compute_dtype
         warn_if_inexact_batch_norm(model)
         try:
-            self.net: Optional[BatchedNet] = BatchedNet(model, training=training)
+            self.net: Optional[BatchedNet] = BatchedNet(model, training=training, compute_dtype=compute_dtype)
             self.unsupported_reason: Optional[str] = None
         except Unsupported as e:
             self.net, self.unsupported_reason = None, str(e)
         if not transductive and self.net is None:
             raise ValueError(f"Non-transductive batch norm needs the batched layout, which cannot run this model: "
                              f"{self.unsupported_reason}.")
+        if compute_dtype != "float32" and self.net is None:
+            raise ValueError(f"compute_dtype={compute_dtype} needs the batched layout, which cannot run this model: "
+                             f"{self.unsupported_reason}.")
 
     def __call__(self, weights: Weights, data):
+        if self.compute_dtype != "float32":
+            raise ValueError(f"compute_dtype={self.compute_dtype} runs on the batched layout only (layout='batched').")
         x, y = data
         return self.loss(y, call(self.model, weights, x, training=self.training))
 
@@ -463,9 +484,13 @@ class SupervisedTaskLoss:
 
 
 def supervised_loss(model: keras.Model, loss: Callable, training: bool = True,
-                    transductive: bool = True) -> SupervisedTaskLoss:
-    """A task loss for a Keras model and a per-task loss, which the batched layout can accelerate."""
-    return SupervisedTaskLoss(model, loss, training=training, transductive=transductive)
+                    transductive: bool = True, compute_dtype: str = "float32") -> SupervisedTaskLoss:
+    """A task loss for a Keras model and a per-task loss, which the batched layout can accelerate.
+
+    ``compute_dtype="bfloat16"`` (batched layout only) runs the convolutions and matrix products, and
+    their gradients at every order, on bfloat16 inputs and weights; the weights, batch norm, losses and
+    the optimizer stay float32."""
+    return SupervisedTaskLoss(model, loss, training=training, transductive=transductive, compute_dtype=compute_dtype)
 
 
 def fast_path(task_loss) -> Optional[SupervisedTaskLoss]:

@@ -116,6 +116,7 @@ RECORDED_SETTINGS = [
     ("--noadapt_batch_norm", "--adapt_batch_norm", "adapt_batch_norm", False, True),  # authors' inner loop
     ("--inner_loss_reduction=sum", "--inner_loss_reduction=mean", "inner_loss_reduction", "sum", "mean"),
     ("--output_init=normal", "--output_init=glorot", "output_init", "normal", "glorot"),  # authors' output layer
+    ("--compute_dtype=bfloat16", "--compute_dtype=float32", "compute_dtype", "bfloat16", "float32"),
 ]
 
 
@@ -174,6 +175,7 @@ def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
     (["--num_shots=15", "--num_query=10"], "at most 20"),
     (["--num_ways=0"], "--num_ways must be a positive integer"),
     (["--inner_lr=-1"], "--inner_lr must be positive"),
+    (["--compute_dtype=bfloat16", "--layout=loop"], "--compute_dtype=bfloat16 needs --layout=batched, not loop."),
 ])
 def test_bad_flags_exit_with_one_sentence(args, message):
     proc = run(*args, "--iterations=1", check=False)
