@@ -55,6 +55,11 @@ instead of 173 s and peaks at 56% of the loop's memory.
 Batch norm without transduction: ``supervised_loss(..., transductive=False)`` normalises every query
 example with the statistics of the task's *support* batch (computed with the same fast weights) instead
 of the query batch, so each query prediction depends only on the support set and on that example.
+
+bfloat16: ``supervised_loss(..., compute_dtype="bfloat16")`` runs the convolutions and matrix products
+(and their gradients of every order) on bfloat16 copies of their inputs and weights, everything else in
+float32. The meta-gradient is then a noisy estimate of float32's (``tests/test_bfloat16.py``); on this
+AVX512_BF16 machine it makes the whole step only 3-8% faster (README), so float32 is the default.
 """
 
 from __future__ import annotations
