@@ -392,8 +392,8 @@ class BatchedNet:
         return h
 
     def _product(self, fn, h, kernel):
-        """A convolution or matrix product, in ``compute_dtype`` (float32 accumulation in oneDNN's bfloat16
-        kernels), its result back in float32: everything else (bias, batch norm, loss) stays float32."""
+        """A convolution or matrix product on ``compute_dtype`` copies of its operands, its result cast back
+        to float32: everything else (bias, batch norm, loss) stays float32."""
         if self.compute_dtype == tf.float32:
             return fn(h, kernel)
         return tf.cast(fn(tf.cast(h, self.compute_dtype), tf.cast(kernel, self.compute_dtype)), tf.float32)
