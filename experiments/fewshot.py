@@ -131,9 +131,11 @@ def episode_sampler(sampler) -> Callable[[int, np.random.Generator], tuple]:
 # Training
 
 
-def task_losses(model: keras.Model, cfg: Config):
-    """(cross-entropy task loss, accuracy), both usable by every layout."""
-    loss = batched.supervised_loss(model, maml.softmax_cross_entropy, transductive=cfg.transductive_bn)
+def task_losses(model: keras.Model, cfg: Config, compute_dtype: str = "float32"):
+    """(cross-entropy task loss, accuracy), both usable by every layout (float32) or by the batched one
+    (``compute_dtype="bfloat16"``, the training step's precision ``cfg.compute_dtype``)."""
+    loss = batched.supervised_loss(model, maml.softmax_cross_entropy, transductive=cfg.transductive_bn,
+                                   compute_dtype=compute_dtype)
     return loss, loss.with_loss(maml.accuracy)
 
 
@@ -224,8 +226,7 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
 
     ``curve``: the compiled evaluation (:func:`make_curve`), to share its traces with the test."""
     task_loss, accuracy = task_losses(model, cfg)  # validation (and the test) in float32
-    train_loss = task_loss if cfg.compute_dtype == "float32" else batched.supervised_loss(
-        model, maml.softmax_cross_entropy, transductive=cfg.transductive_bn, compute_dtype=cfg.compute_dtype)
+    train_loss = task_loss if cfg.compute_dtype == "float32" else task_losses(model, cfg, cfg.compute_dtype)[0]
     optimizer = keras.optimizers.Adam(cfg.meta_lr)
     step = make_train_step(model, optimizer, make_objective(train_loss, cfg), jit_compile=cfg.jit_compile)
     history = History(os.path.join(logdir, "history.jsonl"))

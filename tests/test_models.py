@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import fewshot_flags  # noqa: E402
-from maml_tf import models  # noqa: E402
+from maml_tf import batched, models  # noqa: E402
 
 
 def kernels(model):
@@ -43,3 +43,7 @@ def test_output_init_choices():
     assert fewshot_flags.OUTPUT_INITS == models.OUTPUT_INITS  # the flag module cannot import TensorFlow
     with pytest.raises(ValueError, match="output_init must be one of"):
         models.omniglot_conv(5, output_init="uniform")
+
+
+def test_compute_dtype_choices_match_the_library():
+    assert fewshot_flags.COMPUTE_DTYPES == batched.COMPUTE_DTYPES  # the flag module cannot import TensorFlow
