@@ -72,6 +72,13 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _format_rate(iterations_per_second: float) -> str:
+    """``"12.3 it/s"``, or ``"7.1 s/it"`` below one iteration per second (where it/s would round away)."""
+    if iterations_per_second >= 1.0:
+        return f"{iterations_per_second:.1f} it/s"
+    return f"{1.0 / max(iterations_per_second, 1e-9):.1f} s/it"
+
+
 def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match,
                  recorded_before: Optional[Dict[str, Any]] = None) -> None:
     """Write ``config.json`` on a fresh run; on resume, refuse settings that change the model.
@@ -214,7 +221,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
                     rate = (i - window_i) / max(now - window_t, 1e-9)
                     window_t, window_i = now, i
                     shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                    print(f"[{name}] {i}/{iterations}  {shown}  {rate:.1f} it/s  "
+                    print(f"[{name}] {i}/{iterations}  {shown}  {_format_rate(rate)}  "
                           f"ETA {_format_duration((iterations - i) / max(rate, 1e-9))}", flush=True)
             if validate is not None and validate_every and (i % validate_every == 0 or i == iterations):
                 score = float(validate(i, wall0 + time.time() - t0))

@@ -10,7 +10,7 @@ import pytest
 
 from data.sinusoid import SinusoidTasks
 from maml_tf import functional, maml, models
-from maml_tf.training import CheckpointError, check_config, make_train_step, train
+from maml_tf.training import CheckpointError, _format_rate, check_config, make_train_step, train
 
 
 def setup(seed=0, hidden=(8,)):
@@ -111,3 +111,9 @@ def test_sigterm_saves_a_checkpoint_at_the_current_iteration_and_validation_sees
     train(model, opt, step, batch_for, 30, str(tmp_path / "straight"), checkpoint_every=10, verbose=False)
     for k, v in weights_of(model).items():
         np.testing.assert_allclose(resumed[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_progress_rate_switches_to_seconds_per_iteration_below_one_per_second():
+    assert _format_rate(12.34) == "12.3 it/s"
+    assert _format_rate(1.0) == "1.0 it/s"
+    assert _format_rate(0.14) == "7.1 s/it"  # it/s would show 0.1
