@@ -6,6 +6,7 @@ K query examples per class as in training):
 
     5way1shot    meta-batch 32, 1 inner step, inner lr 0.4
     20way1shot   meta-batch 16, 5 inner steps, inner lr 0.1
+    5way5shot, 20way5shot   the same with 5 shots (only when named in --settings)
 
 The denominator is the plain reference, ``maml.meta_objective(..., layout="loop")`` under
 ``tf.function`` with TensorFlow's default threading, measured in the same run. Every variant runs in
@@ -58,11 +59,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 SETTINGS = {
     "5way1shot": dict(num_ways=5, num_shots=1, meta_batch_size=32, num_inner_steps=1, inner_lr=0.4),
     "20way1shot": dict(num_ways=20, num_shots=1, meta_batch_size=16, num_inner_steps=5, inner_lr=0.1),
+    # Not timed by default: the 5-shot presets, for choosing the layout of those runs.
+    "5way5shot": dict(num_ways=5, num_shots=5, meta_batch_size=32, num_inner_steps=1, inner_lr=0.4),
+    "20way5shot": dict(num_ways=20, num_shots=5, meta_batch_size=16, num_inner_steps=5, inner_lr=0.1),
 }
+DEFAULT_SETTINGS = ["5way1shot", "20way1shot"]  # the two the speed target names
 LAYOUTS = ("loop", "vectorized", "batched")
 VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(?P<bf16>\+bf16)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
 
-flags.DEFINE_list("settings", list(SETTINGS), f"Settings to run: {', '.join(SETTINGS)}.")
+flags.DEFINE_list("settings", DEFAULT_SETTINGS, f"Settings to run: {', '.join(SETTINGS)}.")
 flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][+bf16][@INTRAxINTER].")
 flags.DEFINE_string("reference", "loop", "The denominator variant.")
 flags.DEFINE_integer("iters", 5, "Iterations per timed window.", lower_bound=1)
