@@ -70,8 +70,11 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
     flags.DEFINE_integer("log_every", 100, "Iterations between progress lines and history entries.")
     flags.DEFINE_integer("eval_batch_size", eval_batch_size, "Tasks evaluated at once.")
-    flags.DEFINE_enum("layout", "batched", LAYOUTS, "How per-task computations are laid out (batched: fastest on CPUs with "
-                      "AVX-512; on others, TF_ENABLE_ONEDNN_OPTS=0 with --layout=loop can be faster: README).")
+    flags.DEFINE_enum("layout", None, LAYOUTS,
+                      "How the meta-training step lays out the per-task computations (default: the preset's, the "
+                      "one measured fastest here: Omniglot's conv net batched at 1 shot and loop from 5 shots, "
+                      "otherwise batched; on CPUs without AVX-512, TF_ENABLE_ONEDNN_OPTS=0 with --layout=loop can be "
+                      "faster: README). Validation and test use the batched layout wherever it runs.")
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (slower for these networks on CPU).")
     flags.DEFINE_enum("compute_dtype", "float32", COMPUTE_DTYPES,
                       "Precision of the meta-training step's convolutions and matrix products (batched layout; "

@@ -54,6 +54,17 @@ PRESETS = {  # paper appendix A.1, by number of ways
     20: dict(num_inner_steps=5, inner_lr=0.1, meta_batch_size=16, num_eval_steps=5),
 }
 
+
+
+def preset_layout(model: str, num_shots: int) -> str:
+    """The training step's layout measured fastest here for the preset (``benchmarks/meta_step.py``, lines of
+    ``results/benchmarks/meta_step.jsonl``): for the conv net, tasks folded into grouped convolutions at
+    1 shot (1.83x the per-task loop at 5-way) and the plain per-task loop from 5 shots, where each task's
+    batch is large enough for ordinary convolutions (1.22x and 1.33x the batched layout at 5- and 20-way).
+    The MLP has no convolutions and keeps the batched layout."""
+    return "loop" if model == "conv" and num_shots >= 5 else "batched"
+
+
 FLAGS = flags.FLAGS
 fewshot_flags.define_task_flags({
     "num_query": "Query examples per class during meta-training (default K, as the authors).",
@@ -95,8 +106,10 @@ def config_from_flags(stored: dict | None = None):
     num_ways = FLAGS.num_ways if FLAGS["num_ways"].present or not stored else stored["num_ways"]
     num_shots = FLAGS.num_shots if FLAGS["num_shots"].present or not stored else stored["num_shots"]
     preset = PRESETS.get(num_ways, PRESETS[5] if num_ways < 20 else PRESETS[20])
+    model = stored.get("model", FLAGS.model) if stored else FLAGS.model
     return fewshot.config_from_flags(FLAGS, stored, "omniglot_mlp" if FLAGS.model == "mlp" else "omniglot",
-                                     FLAGS.model, {**preset, "num_query": num_shots, "eval_num_query": num_shots})
+                                     FLAGS.model, {**preset, "num_query": num_shots, "eval_num_query": num_shots,
+                                                   "layout": preset_layout(model, num_shots)})
 
 
 def default_logdir(cfg) -> str:

@@ -60,6 +60,7 @@ def test_train_resume_evaluate(data_dir, tmp_path):
     assert all(0.0 <= a <= 100.0 for a in metrics["test"]["accuracy"])
     assert metrics["paper"] == {"accuracy": 98.7, "ci95": 0.4}
     assert metrics["config"]["inner_lr"] == 0.4 and metrics["config"]["num_inner_steps"] == 1
+    assert metrics["config"]["layout"] == "batched"  # the 1-shot preset's
     assert metrics["split"]["characters"] == {"train": 4, "val": 2, "test": 3}
     assert metrics["validation"]["best_iteration"] in (2, 4, 6)
     assert metrics["command"].startswith("python experiments/omniglot.py")
@@ -139,6 +140,25 @@ def test_a_recorded_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, 
     (logdir / "config.json").write_text(json.dumps(config))
     refused = run(*data, flag, "--iterations=2", check=False)
     assert f"{key}={before!r} but this run asks for {key}={value!r}" in refused.stderr
+
+
+@pytest.mark.parametrize("args,layout", [
+    (["--num_shots=5"], "loop"),                                # the conv net's 5-shot preset: the per-task loop
+    (["--num_shots=5", "--layout=batched"], "batched"),         # a flag overrides the preset
+    (["--num_shots=5", "--compute_dtype=bfloat16"], "batched"),  # bfloat16 runs on the batched layout only
+    (["--num_shots=5", "--model=mlp"], "batched"),              # no convolutions: batched
+])
+def test_the_training_layout_defaults_to_the_presets(data_dir, tmp_path, args, layout):
+    """Without --layout, the training step takes the layout measured fastest for the preset (batched at
+    1 shot: test_train_resume_evaluate; the loop from 5 shots), recorded in metrics.json; a run resumed
+    with another layout is not refused (it is not a setting of the run)."""
+    logdir = tmp_path / "run"
+    data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY, "--validate_every=0"]
+    run(*data, *args, "--iterations=1")
+    assert json.loads((logdir / "metrics.json").read_text())["config"]["layout"] == layout
+    if layout == "loop":
+        run(*data, *args, "--layout=batched", "--iterations=2")
+        assert json.loads((logdir / "metrics.json").read_text())["config"]["layout"] == "batched"
 
 
 def test_distinct_characters_is_part_of_the_run(data_dir, tmp_path):
