@@ -55,13 +55,12 @@ PRESETS = {  # paper appendix A.1, by number of ways
 }
 
 
-
 def preset_layout(model: str, num_shots: int) -> str:
     """The training step's layout measured fastest here for the preset (``benchmarks/meta_step.py``, lines of
     ``results/benchmarks/meta_step.jsonl``): for the conv net, tasks folded into grouped convolutions at
     1 shot (1.83x the per-task loop at 5-way) and the plain per-task loop from 5 shots, where each task's
     batch is large enough for ordinary convolutions (1.22x and 1.33x the batched layout at 5- and 20-way).
-    The MLP has no convolutions and keeps the batched layout."""
+    The MLP (no convolutions; not measured at 5 shots) keeps the batched layout."""
     return "loop" if model == "conv" and num_shots >= 5 else "batched"
 
 
