@@ -276,7 +276,7 @@ def _adopt_recorded(name: str, logdir: str, s: dict, recorded: dict) -> None:
 def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int) -> None:
     """On resume, fill ``s`` with the run's own optimiser settings where no flag was given, and record
     the ones a flag changes (so that e.g. a run trained with --max_kl=0.005 does not silently go on
-    with the default 0.01)."""
+    with the default 0.01), and a new ``logdir`` when a copy of the run is resumed in another folder."""
     current = {**RESUMED_PREDATING, **current_settings(recorded)}
     changed, rewrite = {}, False
     for key in RESUMED_KEYS:
@@ -291,6 +291,10 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
             changed[key] = s[key]
             print(f"[{name}] resuming at iteration {start} with {key}={s[key]!r} (the run so far: "
                   f"{current[key]!r})", flush=True)
+    if "logdir" in current and os.path.realpath(current["logdir"]) != os.path.realpath(s["logdir"]):
+        changed["logdir"] = s["logdir"]  # a copied run resumed elsewhere: where its later iterations ran
+        print(f"[{name}] resuming at iteration {start} in {s['logdir']} (the run so far: {current['logdir']})",
+              flush=True)
     if changed:
         recorded.setdefault("changes", []).append({"from_iteration": start, **changed})
     if changed or rewrite:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,15 @@ def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
     assert json.loads((logdir / "training.json").read_text())["settings"]["max_kl"] == 0.002
     from rl.train import current_settings
     assert current_settings(json.loads((logdir / "config.json").read_text()))["max_kl"] == 0.002
+
+    copy = tmp_path / "copy" / "maml"  # a copy resumed in another folder records where it went on
+    shutil.copytree(logdir, copy)
+    moved = run("rl/train_navigation.py", *TINY, "--iterations=4", f"--logdir={copy}")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert f"resuming at iteration 3 in {copy} (the run so far: {logdir})" in moved.stdout
+    config = json.loads((copy / "config.json").read_text())
+    assert config["logdir"] == str(logdir) and config["changes"][-1] == {"from_iteration": 3, "logdir": str(copy)}
+    assert current_settings(config)["logdir"] == str(copy)
 
 
 @pytest.mark.parametrize("script,args,message", [
