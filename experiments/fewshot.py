@@ -36,10 +36,12 @@ from maml_tf.training import CheckpointError, check_config, make_checkpoint, mak
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
               "num_inner_steps", "meta_lr", "first_order", "transductive_bn", "adapt_batch_norm",
-              "inner_loss_reduction", "output_init", "seed", "distinct_characters", "init_from", "compute_dtype")
+              "inner_loss_reduction", "output_init", "seed", "distinct_characters", "init_from", "compute_dtype",
+              "meta_clip_norm")
 # What runs recorded before a setting existed did (their config.json lacks it).
 RECORDED_BEFORE = {"adapt_batch_norm": True, "inner_loss_reduction": "mean", "output_init": "glorot",
-                   "distinct_characters": False, "init_from": None, "compute_dtype": "float32"}
+                   "distinct_characters": False, "init_from": None, "compute_dtype": "float32",
+                   "meta_clip_norm": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +84,12 @@ class Config:
     # "float32", or "bfloat16" (weights, batch norm, losses and Adam stay float32). Validation and test
     # always run in float32.
     compute_dtype: str = "float32"
+    # The meta-gradient's global norm is clipped to this before Adam sees it (0: no clipping, the paper).
+    meta_clip_norm: float = 0.0
 
     def __post_init__(self):
+        if not self.meta_clip_norm >= 0:
+            raise ValueError(f"meta_clip_norm must be >= 0 (0: no clipping), not {self.meta_clip_norm!r}.")
         if self.compute_dtype not in batched.COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {batched.COMPUTE_DTYPES}, not {self.compute_dtype!r}.")
         if self.compute_dtype != "float32" and self.layout != "batched":
@@ -146,7 +152,8 @@ def variant_suffix(cfg: Config) -> str:
             + ("" if cfg.inner_loss_reduction == DEFAULT_INNER_LOSS_REDUCTION else f"_{cfg.inner_loss_reduction}_loss")
             + ("" if cfg.output_init == DEFAULT_OUTPUT_INIT else f"_{cfg.output_init}_output_init")
             + ("_distinct_characters" if cfg.distinct_characters else "")
-            + ("" if cfg.compute_dtype == "float32" else f"_{cfg.compute_dtype}"))
+            + ("" if cfg.compute_dtype == "float32" else f"_{cfg.compute_dtype}")
+            + (f"_clip{cfg.meta_clip_norm:g}" if cfg.meta_clip_norm else ""))
 
 
 def frozen_weights(model: keras.Model, cfg: Config) -> list:
@@ -226,6 +233,12 @@ def _checkpoint_iteration(directory: str) -> int:
     return int(path.rsplit("-", 1)[1]) if path else 0
 
 
+def meta_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    """Adam with the meta learning rate; with ``meta_clip_norm`` it first scales each meta-gradient down to
+    that global norm where it is larger (Keras's ``global_clipnorm``)."""
+    return keras.optimizers.Adam(cfg.meta_lr, global_clipnorm=cfg.meta_clip_norm or None)
+
+
 def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_sample, curve=None,
                verbose: bool = True):
     """Meta-train (or resume) with validation; returns :class:`maml_tf.training.TrainResult`.
@@ -233,7 +246,7 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
     ``curve``: the compiled evaluation (:func:`make_curve`), to share its traces with the test."""
     task_loss, accuracy = task_losses(model, cfg)  # validation (and the test) in float32
     train_loss = task_loss if cfg.compute_dtype == "float32" else task_losses(model, cfg, cfg.compute_dtype)[0]
-    optimizer = keras.optimizers.Adam(cfg.meta_lr)
+    optimizer = meta_optimizer(cfg)
     step = make_train_step(model, optimizer, make_objective(train_loss, cfg), jit_compile=cfg.jit_compile)
     history = History(os.path.join(logdir, "history.jsonl"))
     resumed_at = _checkpoint_iteration(os.path.join(logdir, "ckpt"))
@@ -242,7 +255,7 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
         initialise_from(model, cfg.init_from, logdir, verbose)
 
     current = {"i": 0}
-    window = {"loss": [], "query_accuracy": []}
+    window = {"loss": [], "query_accuracy": [], "meta_grad_norm": []}
 
     def batch_for_iteration(i: int):
         current["i"] = i
@@ -252,12 +265,18 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
         out = step(batch)
         window["loss"].append(out["loss"])
         window["query_accuracy"].append(out["query_accuracy"])
+        window["meta_grad_norm"].append(out["meta_grad_norm"])
         i = current["i"] + 1
         if i % cfg.log_every == 0 or i == cfg.iterations:
+            norms = np.asarray(window["meta_grad_norm"], dtype=np.float64)
             history.append({"iteration": i, "train_loss": float(np.mean(window["loss"])),
-                            "train_query_accuracy": 100.0 * float(np.mean(window["query_accuracy"]))})
-            window["loss"].clear()
-            window["query_accuracy"].clear()
+                            "train_query_accuracy": 100.0 * float(np.mean(window["query_accuracy"])),
+                            # the meta-gradient's global norm before any clipping: median and largest since
+                            # the previous entry (rare large ones come from tasks whose inner loop diverges)
+                            "train_meta_grad_norm_median": float(np.median(norms)),
+                            "train_meta_grad_norm_max": float(norms.max())})
+            for values in window.values():
+                values.clear()
         return out
 
     curve = curve or make_curve(model, task_loss, accuracy, cfg)
@@ -453,6 +472,7 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
     run_only = {name: getattr(flag_values, name)  # settings of this invocation, never taken from the stored run
                 for name in ("eval_tasks", "eval_seed", "val_tasks", "eval_batch_size", "layout", "jit_compile")}
     compute_dtype = pick("compute_dtype") if "compute_dtype" in flag_values else "float32"
+    meta_clip_norm = pick("meta_clip_norm") if "meta_clip_norm" in flag_values else 0.0
     if run_only["layout"] is None:  # the preset's layout; bfloat16 needs the batched one
         run_only["layout"] = defaults.get("layout", "batched") if compute_dtype == "float32" else "batched"
     return Config(
@@ -462,7 +482,7 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
             "num_inner_steps", "num_eval_steps", "iterations", "meta_lr", "first_order", "transductive_bn",
             "adapt_batch_norm", "inner_loss_reduction", "output_init", "seed", "validate_every", "checkpoint_every",
             "log_every", "init_from")},
-        compute_dtype=compute_dtype,
+        compute_dtype=compute_dtype, meta_clip_norm=meta_clip_norm,
         **({"distinct_characters": pick("distinct_characters")} if "distinct_characters" in flag_values else {}),
         **run_only)
 

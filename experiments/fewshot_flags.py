@@ -57,6 +57,9 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_enum("output_init", DEFAULT_OUTPUT_INIT, OUTPUT_INITS,
                       "Initial kernel of the output layer. glorot: Keras's default; normal: N(0, 1), as the "
                       "authors' Omniglot conv net (w5 = tf.random_normal in cbfinn/maml).")
+    flags.DEFINE_float("meta_clip_norm", 0.0,
+                       "Clip each meta-gradient to this global norm before Adam (0: no clipping, as the paper). "
+                       "Not the paper's protocol; the logdir gets the suffix _clip<value>.")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
     flags.DEFINE_string("init_from", None,
                         "The log directory of an earlier run: a new run (in another --logdir) starts from the "
@@ -84,5 +87,5 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
     for name in ("eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size"):
         flags.register_validator(name, lambda v: v is not None and v > 0, f"--{name} must be a positive integer.")
-    for name in ("validate_every", "intra_op_threads", "inter_op_threads"):
+    for name in ("validate_every", "intra_op_threads", "inter_op_threads", "meta_clip_norm"):
         flags.register_validator(name, lambda v: v >= 0, f"--{name} must be >= 0.")

@@ -25,6 +25,9 @@ suffix _sum_loss). The output layer's kernel starts as Keras's default (Glorot u
 _normal_output_init). A task's classes are N of the rotated classes, drawn independently;
 --distinct_characters draws N distinct characters and a random rotation for each instead, as the
 authors' code (logdir suffix _distinct_characters; with --eval_only it evaluates a run on such tasks).
+--meta_clip_norm=C clips each meta-gradient to global norm C before Adam (not the paper's protocol,
+which has no clipping; logdir suffix _clipC). history.jsonl records the meta-gradient's norm (median
+and largest over each --log_every window, before any clipping).
 
 Writes <logdir>/metrics.json (default logdir results/omniglot/<W>way<K>shot, results/omniglot_mlp/...
 for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), checkpoints in

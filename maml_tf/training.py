@@ -41,7 +41,9 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     ``objective(weights, batch) -> (loss, aux)`` with ``aux`` a dict of scalars to log. The step reads
     the model's weights as a dict, differentiates the loss with respect to the model's variables
-    (through the inner loop, if the objective adapts) and applies the optimizer.
+    (through the inner loop, if the objective adapts) and applies the optimizer. It returns the loss,
+    ``aux`` and ``meta_grad_norm``, the global norm of the gradient before the optimizer (and any clipping
+    of its own) sees it.
     """
     variables = model.trainable_variables
 
@@ -50,8 +52,9 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         with tf.GradientTape() as tape:
             loss, aux = objective(get_weights(model), batch)
         grads = tape.gradient(loss, variables)
+        norm = tf.linalg.global_norm([g for g in grads if g is not None])
         optimizer.apply_gradients(zip(grads, variables))
-        return {"loss": loss, **aux}
+        return {"loss": loss, **aux, "meta_grad_norm": norm}
 
     return step
 

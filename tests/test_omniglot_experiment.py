@@ -118,6 +118,7 @@ RECORDED_SETTINGS = [
     ("--inner_loss_reduction=sum", "--inner_loss_reduction=mean", "inner_loss_reduction", "sum", "mean"),
     ("--output_init=normal", "--output_init=glorot", "output_init", "normal", "glorot"),  # authors' output layer
     ("--compute_dtype=bfloat16", "--compute_dtype=float32", "compute_dtype", "bfloat16", "float32"),
+    ("--meta_clip_norm=3", "--meta_clip_norm=0", "meta_clip_norm", 3.0, 0.0),  # not the paper's: no clipping
 ]
 
 
