@@ -8,6 +8,7 @@ import tensorflow as tf
 from test_fewshot_inner_loss import config  # (it puts experiments/ on the path)
 
 import fewshot  # noqa: E402
+from maml_tf import functional, maml  # noqa: E402
 from test_training import setup  # noqa: E402
 
 
@@ -16,8 +17,7 @@ def test_the_step_reports_the_norm_of_the_meta_gradient_it_applies():
     batch = batch_for(0)
     variables = model.trainable_variables
     before = [v.numpy().copy() for v in variables]
-    # the reference: the same meta-objective differentiated by hand, and one Adam step of its own
-    from maml_tf import functional, maml
+    # the reference: the meta-gradient of the same objective (test_training.setup's), taken by hand
     task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
     with tf.GradientTape() as tape:
         loss = maml.meta_objective(task_loss, functional.get_weights(model), batch[0], batch[1], 1, 0.01)
