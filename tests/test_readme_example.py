@@ -1,0 +1,46 @@
+"""The README's "Using the library" example, run as written: it must execute against the library as it
+is, and its meta-step must learn sinusoid regression (the post-update query loss on held-out tasks falls)."""
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from data.sinusoid import SinusoidTasks
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+
+def readme_example() -> str:
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("## Using the library", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "the README's 'Using the library' section has no python block"
+    return blocks[0]
+
+
+def test_readme_example_runs_and_learns():
+    tf.keras.utils.set_random_seed(0)
+    namespace = {}
+    exec(compile(readme_example(), "README.md (Using the library)", "exec"), namespace)
+    meta_step, model = namespace["meta_step"], namespace["model"]
+    maml, functional, task_loss = namespace["maml"], namespace["functional"], namespace["task_loss"]
+
+    tasks = SinusoidTasks(num_support=10, num_query=10)
+    held_out = tasks.sample(100, np.random.default_rng(1))
+
+    def held_out_loss():
+        return float(maml.meta_objective(task_loss, functional.get_weights(model), held_out.support,
+                                         held_out.query, steps=1, inner_lr=0.01, first_order=False))
+
+    before = held_out_loss()
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        batch = tasks.sample(25, rng)
+        loss = meta_step(batch.support, batch.query)
+        assert np.isfinite(float(loss))
+    after = held_out_loss()
+    # Untrained, the post-update MSE is about the sines' mean square (4.1 here); 1,000 meta-steps of the
+    # example brought it to 1.1 when written. A step that did nothing, or went the wrong way, fails.
+    assert after < 0.5 * before, (before, after)
