@@ -67,7 +67,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-from typing import Callable, Collection, Dict, List, Optional
+from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -133,34 +133,36 @@ def _activation(layer, fn) -> str:
     return name
 
 
-_grouped_conv_problem: Dict[str, Optional[str]] = {}
+_grouped_conv_problem: Dict[Tuple[str, str], Optional[str]] = {}
 
 
-def grouped_conv_problem() -> Optional[str]:
-    """None if TensorFlow runs grouped convolutions and their second derivatives here, else why not.
+def grouped_conv_problem(dtype: str = "float32") -> Optional[str]:
+    """None if TensorFlow runs grouped convolutions and their second derivatives here in ``dtype``, else why not.
 
     The batched layout's convolutions are grouped (one group per task). On CPUs, TensorFlow runs them
     only through oneDNN, which it turns on by default only on some processors (with AVX-512, say);
     elsewhere ``TF_ENABLE_ONEDNN_OPTS=1`` must be set before TensorFlow is imported (the experiments and
-    benchmarks set it). This probes a tiny grouped convolution with a bias and ReLU, first and second
-    derivatives, inside ``tf.function`` (where graph rewrites fuse the bias), once per device.
+    benchmarks set it). In bfloat16, oneDNN runs their gradients only on some processors even then (not
+    on one without AVX-512). This probes a tiny grouped convolution with a bias and ReLU, first and
+    second derivatives, inside ``tf.function`` (where graph rewrites fuse the bias), once per device and dtype.
     """
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"  # where the convolutions would run
-    if device not in _grouped_conv_problem:
+    key = (device, dtype)
+    if key not in _grouped_conv_problem:
         if tf.executing_eagerly():
-            _grouped_conv_problem[device] = _probe_grouped_conv(device)
+            _grouped_conv_problem[key] = _probe_grouped_conv(device, dtype)
         else:  # called while a tf.function is traced: probe eagerly in a thread of its own (not under init_scope,
             # which pauses gradient tapes)
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                _grouped_conv_problem[device] = pool.submit(_probe_grouped_conv, device).result()
-    return _grouped_conv_problem[device]
+                _grouped_conv_problem[key] = pool.submit(_probe_grouped_conv, device, dtype).result()
+    return _grouped_conv_problem[key]
 
 
-def _probe_grouped_conv(device: str) -> Optional[str]:
+def _probe_grouped_conv(device: str, dtype: str) -> Optional[str]:
     """The message of :func:`grouped_conv_problem` (run eagerly)."""
-    x = tf.reshape(tf.range(2 * 5 * 5 * 4, dtype=tf.float32) / 100.0, [2, 5, 5, 4])
-    k = tf.reshape(tf.cos(tf.range(3 * 3 * 2 * 4, dtype=tf.float32)), [3, 3, 2, 4])
-    b = tf.fill([4], 0.1)
+    x = tf.cast(tf.reshape(tf.range(2 * 5 * 5 * 4, dtype=tf.float32) / 100.0, [2, 5, 5, 4]), dtype)
+    k = tf.cast(tf.reshape(tf.cos(tf.range(3 * 3 * 2 * 4, dtype=tf.float32)), [3, 3, 2, 4]), dtype)
+    b = tf.fill([4], tf.constant(0.1, dtype))
 
     @tf.function
     def second_derivatives(x, k, b):
@@ -180,11 +182,14 @@ def _probe_grouped_conv(device: str) -> Optional[str]:
     except tf.errors.OpError as e:
         lines = [ln.strip() for ln in e.message.splitlines() if ln.strip() and not ln.strip().startswith(("[[", "File"))]
         said = next((ln for ln in lines if "group" in ln.lower()), lines[-1] if lines else type(e).__name__)
+        if dtype != "float32" and grouped_conv_problem("float32") is None:
+            return (f"this TensorFlow cannot run grouped convolutions and their gradients in {dtype} on this {device} "
+                    f"({said}); use float32 here")
         return (f"this TensorFlow cannot run grouped convolutions and their gradients on {device} ({said}); on a "
                 f"CPU, set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported")
 
 
-def _parse(model: keras.Model) -> List[_Op]:
+def _parse(model: keras.Model, compute_dtype: str = "float32") -> List[_Op]:
     if model.dtype_policy.compute_dtype != "float32":
         raise Unsupported(f"{model.name} does not compute in float32")
     ops: List[_Op] = []
@@ -194,7 +199,7 @@ def _parse(model: keras.Model) -> List[_Op]:
         if isinstance(layer, L.Conv2D) and type(layer) is L.Conv2D:
             if cfg["data_format"] != "channels_last" or tuple(cfg["dilation_rate"]) != (1, 1) or cfg["groups"] != 1:
                 raise Unsupported(f"{layer.name}: only channels_last, undilated, ungrouped convolutions")
-            problem = grouped_conv_problem()
+            problem = grouped_conv_problem(compute_dtype)
             if problem:
                 raise Unsupported(f"{layer.name}: {problem}")
             weights = {"kernel": layer.kernel.path}
@@ -270,7 +275,7 @@ class BatchedNet:
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}.")
         self.compute_dtype = tf.as_dtype(compute_dtype)
-        self.ops = _parse(model)
+        self.ops = _parse(model, compute_dtype)
         inputs = getattr(model, "inputs", None)
         self.input_shape = tuple(inputs[0].shape[1:]) if inputs else None
         self._shapes = {v.path: tuple(v.shape) for v in model.trainable_variables}

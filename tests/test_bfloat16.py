@@ -23,7 +23,7 @@ def _loss_and_grad(task_loss, weights, support, query, steps, lr):
 
 
 @pytest.fixture(scope="module")
-def omniglot():
+def omniglot(needs_bfloat16_convolutions):
     keras.utils.set_random_seed(0)  # a small network of the paper's Omniglot kind, to keep the test quick
     model = models.conv_classifier(5, (14, 14, 1), filters=16, blocks=3)
     support = episodes(3, 5, 1, (14, 14, 1), seed=1, binary=True)
@@ -81,3 +81,16 @@ def test_bad_uses_are_refused(omniglot):
     unsupported = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.Dropout(0.1), layers.Dense(2)])
     with pytest.raises(ValueError, match="needs the batched layout"):
         batched.supervised_loss(unsupported, maml.softmax_cross_entropy, compute_dtype="bfloat16")
+
+
+def test_a_processor_that_cannot_run_bfloat16_convolutions_refuses_them(monkeypatch):
+    """Where the probe finds bfloat16 grouped convolutions unsupported (as on a CPU without AVX-512),
+    asking for them is one clear error, not a crash inside the first gradient."""
+    for device in ("CPU", "GPU"):
+        monkeypatch.setitem(batched._grouped_conv_problem, (device, "bfloat16"), "no bfloat16 grouped convolutions")
+    model = models.conv_classifier(5, (14, 14, 1), filters=4, blocks=1)
+    with pytest.raises(ValueError, match="needs the batched layout.*no bfloat16 grouped convolutions"):
+        batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype="bfloat16")
+    batched.supervised_loss(model, maml.softmax_cross_entropy)  # float32 is not affected
+    mlp = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.ReLU(), layers.Dense(2)])
+    assert batched.supervised_loss(mlp, maml.softmax_cross_entropy, compute_dtype="bfloat16").net is not None

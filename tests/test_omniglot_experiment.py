@@ -123,9 +123,11 @@ RECORDED_SETTINGS = [
 
 
 @pytest.mark.parametrize("flag,other,key,value,before", RECORDED_SETTINGS)
-def test_a_recorded_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, key, value, before):
+def test_a_recorded_setting_is_part_of_the_run(request, data_dir, tmp_path, flag, other, key, value, before):
     """The authors' inner-loop and initialisation settings are recorded and cannot change on resume; a run
     recorded before such a flag existed had the old behaviour."""
+    if key == "compute_dtype":
+        request.getfixturevalue("needs_bfloat16_convolutions")
     logdir = tmp_path / "run"
     data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY]
     run(*data, flag, "--iterations=1")
@@ -149,10 +151,12 @@ def test_a_recorded_setting_is_part_of_the_run(data_dir, tmp_path, flag, other, 
     (["--num_shots=5", "--compute_dtype=bfloat16"], "batched"),  # bfloat16 runs on the batched layout only
     (["--num_shots=5", "--model=mlp"], "batched"),              # no convolutions: batched
 ])
-def test_the_training_layout_defaults_to_the_presets(data_dir, tmp_path, args, layout):
+def test_the_training_layout_defaults_to_the_presets(request, data_dir, tmp_path, args, layout):
     """Without --layout, the training step takes the layout measured fastest for the preset (batched at
     1 shot: test_train_resume_evaluate; the loop from 5 shots), recorded in metrics.json; a run resumed
     with another layout is not refused (it is not a setting of the run)."""
+    if "--compute_dtype=bfloat16" in args:
+        request.getfixturevalue("needs_bfloat16_convolutions")
     logdir = tmp_path / "run"
     data = [f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY, "--validate_every=0"]
     run(*data, *args, "--iterations=1")
