@@ -73,11 +73,15 @@ def test_graph_runs_convolutions_and_their_gradients_in_bfloat16(omniglot):
 
 def test_bad_uses_are_refused(omniglot):
     model, support, _ = omniglot
-    with pytest.raises(ValueError, match="compute_dtype must be one of"):
-        batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype="float16")
     task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype="bfloat16")
     with pytest.raises(ValueError, match="batched layout only"):
         maml.meta_objective(task_loss, get_weights(model), support, support, 1, 0.4, layout="loop")
+
+
+def test_bad_dtypes_and_models_are_refused_on_any_processor():
+    model = models.conv_classifier(5, (14, 14, 1), filters=4, blocks=1)
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype="float16")
     unsupported = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.Dropout(0.1), layers.Dense(2)])
     with pytest.raises(ValueError, match="needs the batched layout"):
         batched.supervised_loss(unsupported, maml.softmax_cross_entropy, compute_dtype="bfloat16")
