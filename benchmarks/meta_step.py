@@ -143,7 +143,11 @@ def run_child(setting: str, spec: str) -> None:
     n, k, t = cfg["num_ways"], cfg["num_shots"], cfg["meta_batch_size"]
     model = models.omniglot_conv(n)
     optimizer = keras.optimizers.Adam(1e-3)
-    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype=var["compute_dtype"])
+    try:
+        task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy, compute_dtype=var["compute_dtype"])
+    except ValueError as e:  # e.g. bfloat16 grouped convolutions on a CPU without AVX-512: tell the parent why
+        print(json.dumps({"error": str(e)}), flush=True)
+        sys.exit(1)
 
     def objective(weights, batch):
         support, query = batch
@@ -191,6 +195,10 @@ def run_child(setting: str, spec: str) -> None:
 # Parent
 
 
+class VariantCannotRun(Exception):
+    """A worker refused its variant before timing anything (its reason is the message)."""
+
+
 class Worker:
     def __init__(self, setting: str, spec: str):
         self.spec = spec
@@ -208,7 +216,11 @@ class Worker:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the {self.spec} worker ended early (exit status {self.proc.wait()}).")
-        return json.loads(line)
+        out = json.loads(line)
+        if "error" in out:
+            self.proc.wait()
+            raise VariantCannotRun(f"The variant {self.spec} cannot run on this machine: {out['error']}")
+        return out
 
     def run(self, iters: int) -> None:
         self.proc.stdin.write(f"run {iters}\n")
@@ -291,7 +303,12 @@ def main(argv):
         run_child(setting, spec)
         return 0
     for setting in FLAGS.settings:
-        print(json.dumps(bench_setting(setting)), flush=True)
+        try:
+            result = bench_setting(setting)
+        except VariantCannotRun as e:
+            print(e, file=sys.stderr)
+            return 1
+        print(json.dumps(result), flush=True)
     return 0
 
 
