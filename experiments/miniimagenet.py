@@ -101,8 +101,6 @@ def load_samplers(cfg, data_dir, use_cache: bool = True):
 
 @one_sentence_errors
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     import fewshot
 
     from maml_tf import models, paper

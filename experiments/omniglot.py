@@ -168,8 +168,6 @@ def split_record(splits, logdir: str) -> dict:
 
 @one_sentence_errors
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     import fewshot
 
     from maml_tf import models, paper

@@ -290,8 +290,6 @@ def adopt_recorded_settings(logdir: str) -> None:
 
 @one_sentence_errors
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     logdir = FLAGS.logdir
     if not FLAGS.eval_only:
         adopt_recorded_settings(logdir)

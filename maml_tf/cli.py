@@ -16,10 +16,14 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, Permission
 
 
 def one_sentence_errors(main):
-    """Wrap an absl ``main(argv)`` so that expected errors end the program with one sentence."""
+    """Wrap an absl ``main(argv)`` so that expected errors end the program with one sentence. Every
+    setting of an entry point is a flag: a stray positional argument is such an error too."""
 
     @functools.wraps(main)
     def wrapped(argv):
+        if len(argv) > 1:
+            print(f"error: Unexpected arguments {argv[1:]}; all settings are --flags.", file=sys.stderr, flush=True)
+            sys.exit(1)
         quiet_tensorflow()
         try:
             return main(argv)

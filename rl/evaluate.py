@@ -173,8 +173,6 @@ def figure(task: str, results: dict, path: str) -> None:
 
 @one_sentence_errors
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
     task, preset = FLAGS.task, PRESETS[FLAGS.task]
     logdir = FLAGS.logdir or os.path.join("results", "rl", task)
     maml_run = run_settings(logdir, "maml")

@@ -360,8 +360,6 @@ def run(task: str) -> None:
 
     @one_sentence_errors
     def main(argv):
-        if len(argv) > 1:
-            raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
         train_task(task)
         return 0
 
