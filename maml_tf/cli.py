@@ -21,11 +21,10 @@ def one_sentence_errors(main):
 
     @functools.wraps(main)
     def wrapped(argv):
-        if len(argv) > 1:
-            print(f"error: Unexpected arguments {argv[1:]}; all settings are --flags.", file=sys.stderr, flush=True)
-            sys.exit(1)
-        quiet_tensorflow()
         try:
+            if len(argv) > 1:
+                raise ValueError(f"Unexpected arguments {argv[1:]}; all settings are --flags.")
+            quiet_tensorflow()
             return main(argv)
         except EXPECTED_ERRORS as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
