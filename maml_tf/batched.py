@@ -72,7 +72,7 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from maml_tf.functional import Weights, call, warn_if_inexact_batch_norm
+from maml_tf.functional import Weights, call, warn_if_inexact_normalization
 from maml_tf.maml import LearningRate, TaskLoss, inner_update, step_size
 from maml_tf.models import ExactBatchNormalization
 
@@ -462,7 +462,7 @@ class SupervisedTaskLoss:
         self.training = training
         self.transductive = transductive
         self.compute_dtype = compute_dtype
-        warn_if_inexact_batch_norm(model)
+        warn_if_inexact_normalization(model)
         try:
             self.net: Optional[BatchedNet] = BatchedNet(model, training=training, compute_dtype=compute_dtype)
             self.unsupported_reason: Optional[str] = None

@@ -17,7 +17,8 @@ from maml_tf.maml import LearningRate, TaskLoss, inner_update, per_task, step_si
 
 def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, support, query, steps: int,
                  inner_lr: LearningRate, layout: str = "vectorized", frozen: Collection[str] = ()) -> tf.Tensor:
-    """``[tasks, steps + 1]``: ``metric(fast_weights, query)`` before adaptation and after each of
+    """``[tasks, steps + 1]``: ``metric(fast_weights, query)`` (built like a task loss, e.g.
+    ``maml.supervised_loss(forward, maml.accuracy)``) before adaptation and after each of
     ``steps`` gradient steps on the same support set (not adapting the weights in ``frozen``). No
     meta-gradient is taken here, so the inner gradients are cut (the values are those of
     second-order adaptation all the same)."""
@@ -26,7 +27,13 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
     def one_task(data):
         s, q = data
         fast = weights
-        values = [metric(fast, q)]
+        try:
+            values = [metric(fast, q)]
+        except (AttributeError, TypeError) as e:
+            raise TypeError(
+                f"metric(weights, query) failed ({type(e).__name__}: {e}); a metric takes the weights and a task's "
+                f"query data, like a task loss (e.g. maml.supervised_loss(forward, maml.accuracy)), not "
+                f"(labels, predictions).") from e
         for i in range(steps):
             fast = inner_update(task_loss, fast, s, step_size(inner_lr, i), first_order=True, frozen=frozen)
             values.append(metric(fast, q))

@@ -8,7 +8,12 @@ own ``keras.Model`` (Sequential, functional or subclassed) works unchanged.
 
 Non-trainable state (batch-norm moving averages) is read from the model and any update that a
 forward pass in training mode computes is discarded: like the paper, the library normalises with
-the statistics of the current batch (see ``call(..., training=True)``).
+the statistics of the current batch (see ``call(..., training=True)``). The one exception is the
+state of Keras's random-number generators (``keras.random.SeedGenerator``, held by ``Dropout``,
+``GaussianNoise`` and the like): discarding its update would replay the same random numbers on every
+call, so every call draws a fresh state instead (from TensorFlow's global generator, so
+``keras.utils.set_random_seed`` makes runs repeatable), and each task of a ``tf.vectorized_map`` draws
+its own. Dropout is on whenever ``training=True``, evaluation included.
 """
 
 from __future__ import annotations
@@ -61,8 +66,24 @@ def call(model: keras.Model, weights: Weights, inputs, training: bool = True):
     except KeyError as e:
         raise KeyError(f"The weight dictionary has no entry {e}, which the model needs.") from None
     kwargs = {"training": training} if _accepts_training(model) else {}
-    outputs, _ = model.stateless_call(trainable, model.non_trainable_variables, inputs, **kwargs)
+    non_trainable = [_fresh_seed_state(v) if _is_seed_state(v) else v for v in model.non_trainable_variables]
+    outputs, _ = model.stateless_call(trainable, non_trainable, inputs, **kwargs)
     return outputs
+
+
+def _is_seed_state(variable) -> bool:
+    """Whether ``variable`` is the state of a ``keras.random.SeedGenerator`` (Dropout's and the like)."""
+    return variable.path.endswith("seed_generator_state")
+
+
+def _fresh_seed_state(variable) -> tf.Tensor:
+    """A new random state for a seed generator: ``stateless_call`` reads its random numbers from this value
+    and returns the advanced state, which :func:`call` discards; so without a new state per call, every
+    call would draw the same dropout mask."""
+    dtype = tf.as_dtype(variable.dtype)
+    if dtype in (tf.int32, tf.int64):
+        return tf.random.uniform(variable.shape, minval=dtype.min, maxval=dtype.max, dtype=dtype)
+    return tf.cast(tf.random.uniform(variable.shape, minval=0, maxval=2 ** 31 - 1, dtype=tf.int64), dtype)
 
 
 def _accepts_training(model: keras.Model) -> bool:
@@ -71,19 +92,32 @@ def _accepts_training(model: keras.Model) -> bool:
     return any(p.name == "training" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def warn_if_inexact_batch_norm(model: keras.Model) -> None:
-    """Warn (once per model) when ``model`` holds ``keras.layers.BatchNormalization``: its variance
-    stops the gradient through the batch mean, so second-order meta-gradients through it are not
-    exact; :class:`maml_tf.models.ExactBatchNormalization` is the drop-in replacement."""
+# Keras layers whose statistics come from ``keras.ops.moments`` (``tf.nn.moments``), and their exact
+# drop-in replacements in :mod:`maml_tf.models`.
+_INEXACT_NORMALIZATION = {
+    keras.layers.BatchNormalization: "ExactBatchNormalization",
+    keras.layers.LayerNormalization: "ExactLayerNormalization",
+    keras.layers.GroupNormalization: "ExactGroupNormalization",
+}
+
+
+def warn_if_inexact_normalization(model: keras.Model) -> None:
+    """Warn (once per model) when ``model`` holds ``keras.layers.BatchNormalization``,
+    ``LayerNormalization`` or ``GroupNormalization``: their variance stops the gradient through the
+    mean, so second-order meta-gradients through them are not exact; :mod:`maml_tf.models` has a
+    drop-in replacement for each (``ExactBatchNormalization``, ...)."""
     if getattr(model, "_maml_tf_bn_checked", False):
         return
-    names = [layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
-             if type(layer) is keras.layers.BatchNormalization]
-    if names:
+    found: Dict[type, list] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if type(layer) in _INEXACT_NORMALIZATION:
+            found.setdefault(type(layer), []).append(layer.name)
+    for cls, names in found.items():
+        exact = _INEXACT_NORMALIZATION[cls]
         warnings.warn(
-            f"{model.name} uses keras.layers.BatchNormalization ({', '.join(names)}), whose variance stops the "
-            f"gradient through the batch mean: second-order meta-gradients through it are approximate. "
-            f"maml_tf.models.ExactBatchNormalization is a drop-in replacement with exact ones.", stacklevel=3)
+            f"{model.name} uses keras.layers.{cls.__name__} ({', '.join(names)}), whose variance stops the "
+            f"gradient through the mean: second-order meta-gradients through it are approximate. "
+            f"maml_tf.models.{exact} is a drop-in replacement with exact ones.", stacklevel=3)
     try:
         model._maml_tf_bn_checked = True
     except AttributeError:
@@ -94,7 +128,7 @@ def make_forward(model: keras.Model, training: bool = True) -> Callable[[Weights
     """``forward(weights, inputs) -> outputs`` bound to ``model``: the usual argument of the loss
     builders in :mod:`maml_tf.maml`."""
     weight_names(model)  # fail early on unusable models
-    warn_if_inexact_batch_norm(model)
+    warn_if_inexact_normalization(model)
 
     def forward(weights: Weights, inputs):
         return call(model, weights, inputs, training=training)

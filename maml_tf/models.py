@@ -10,6 +10,9 @@
   :class:`ExactBatchNormalization`, so that second-order meta-gradients through it are exact.
 - The "no conv" MLP of Table 1: 256-128-64-64, each hidden layer with batch norm and ReLU.
 
+For users' own models, :class:`ExactLayerNormalization` and :class:`ExactGroupNormalization` do for Keras's
+layer and group normalisation what :class:`ExactBatchNormalization` does for its batch norm.
+
 The output layer's kernel starts as Keras's default (Glorot uniform) unless ``output_init="normal"``:
 N(0, 1), as the authors' Omniglot conv net (``w5 = tf.Variable(tf.random_normal([64, N]))`` in
 cbfinn/maml's ``maml.py``; their mini-ImageNet output layer is Glorot, their MLP truncated N(0, 0.01)).
@@ -62,6 +65,68 @@ class ExactBatchNormalization(layers.BatchNormalization):
         mean = tf.reduce_mean(inputs, axes, keepdims=True)
         variance = tf.reduce_mean(tf.square(inputs - mean), axes, keepdims=True)
         return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+
+
+def _exact_moments(x: tf.Tensor, axes) -> tuple:
+    """``mean(x)`` and ``mean((x - mean(x))^2)`` over ``axes`` (kept), with no gradient stopped anywhere:
+    what ``tf.nn.moments`` (behind ``keras.ops.moments``) computes, minus its stop on the mean."""
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    return mean, tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+
+
+def _at_least_float32(x) -> tf.Tensor:
+    """Normalisation statistics in float32 at least (half precision overflows), as Keras's layers do."""
+    x = tf.convert_to_tensor(x)
+    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class ExactLayerNormalization(layers.LayerNormalization):
+    """``keras.layers.LayerNormalization`` with exact higher derivatives (see
+    :class:`ExactBatchNormalization`: Keras computes its variance with ``keras.ops.moments``, i.e.
+    ``tf.nn.moments``, which stops the gradient through the mean). Same values, weights and checkpoints;
+    the deprecated ``rms_scaling=True`` has no mean to stop and is left to Keras."""
+
+    def call(self, inputs):
+        if self.rms_scaling:
+            return super().call(inputs)
+        x = _at_least_float32(inputs)
+        rank = x.shape.rank
+        axes = sorted(a % rank for a in self.axis)
+        mean, variance = _exact_moments(x, axes)
+        shape = [x.shape[d] if d in axes else 1 for d in range(rank)]  # gamma and beta over the normalised axes
+        scale = tf.math.rsqrt(variance + self.epsilon)
+        if self.gamma is not None:
+            scale = scale * tf.reshape(tf.cast(self.gamma.value, x.dtype), shape)
+        outputs = (x - mean) * scale
+        if self.beta is not None:
+            outputs = outputs + tf.reshape(tf.cast(self.beta.value, x.dtype), shape)
+        return tf.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="maml_tf")
+class ExactGroupNormalization(layers.GroupNormalization):
+    """``keras.layers.GroupNormalization`` with exact higher derivatives (its statistics come from
+    ``keras.ops.moments`` too; see :class:`ExactBatchNormalization`). Same values, weights and checkpoints."""
+
+    def call(self, inputs):
+        x = _at_least_float32(inputs)
+        rank = x.shape.rank
+        axis = self.axis % rank
+        channels = x.shape[axis]
+        dynamic = tf.shape(x)
+        dims = [x.shape[d] if x.shape[d] is not None else dynamic[d] for d in range(rank)]
+        # [..., C, ...] -> [..., groups, C / groups, ...]: statistics per example and group
+        grouped = tf.reshape(x, dims[:axis] + [self.groups, channels // self.groups] + dims[axis + 1:])
+        axes = [d for d in range(1, rank + 1) if d != axis]
+        mean, variance = _exact_moments(grouped, axes)
+        outputs = tf.reshape((grouped - mean) * tf.math.rsqrt(variance + self.epsilon), dynamic)
+        shape = [channels if d == axis else 1 for d in range(rank)]  # gamma and beta per channel
+        if self.scale:
+            outputs = outputs * tf.reshape(tf.cast(self.gamma.value, x.dtype), shape)
+        if self.center:
+            outputs = outputs + tf.reshape(tf.cast(self.beta.value, x.dtype), shape)
+        return tf.cast(outputs, self.compute_dtype)
 
 
 def mlp_regressor(input_dim: int = 1, hidden: Sequence[int] = (40, 40), output_dim: int = 1,

@@ -95,7 +95,7 @@ def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match,
             k = diff[0]
             raise CheckpointError(
                 f"{logdir} holds a run with {k}={old[k]!r} but this run asks for {k}={config[k]!r}; "
-                f"use another --logdir or the same settings.")
+                f"use another log directory (--logdir) or the same settings.")
     else:
         os.makedirs(logdir, exist_ok=True)
         with open(path, "w") as f:
@@ -130,7 +130,7 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkp
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(
-            f"The {what} in {directory} does not fit this model ({first}); use another --logdir or the "
+            f"The {what} in {directory} does not fit this model ({first}); use another log directory (--logdir) or the "
             f"settings it was trained with.") from None
     return path
 
