@@ -113,8 +113,8 @@ def rollout_seed(seed: int, task_index: int, rollout_index: int) -> int:
 class _EnvGroup:
     """A slice of environments, stepped one after another (in a worker process or in-process)."""
 
-    def __init__(self, env_id: str, env_kwargs: dict, info_keys: tuple):
-        self._env_id = env_id
+    def __init__(self, env_class: type, env_kwargs: dict, info_keys: tuple):
+        self._env_class = env_class  # the class itself, not its id: a worker need not know users' registrations
         self._env_kwargs = env_kwargs
         self._info_keys = info_keys
         self._envs = []
@@ -133,7 +133,7 @@ class _EnvGroup:
 
     def reserve(self, n: int) -> None:
         while len(self._envs) < n:
-            self._envs.append(rl_envs.make_raw(self._env_id, **self._env_kwargs))
+            self._envs.append(self._env_class(task=None, **self._env_kwargs))
 
     def reset(self, tasks: Sequence, seeds: Sequence[int]) -> np.ndarray:
         n = len(seeds)
@@ -186,9 +186,9 @@ class _EnvGroup:
         self._envs = []
 
 
-def _worker_main(conn, env_id: str, env_kwargs: dict, info_keys: tuple) -> None:
+def _worker_main(conn, env_class: type, env_kwargs: dict, info_keys: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
-    group = _EnvGroup(env_id, env_kwargs, info_keys)
+    group = _EnvGroup(env_class, env_kwargs, info_keys)
     conn.send(("ok", None))
     while True:
         try:
@@ -218,7 +218,7 @@ class Sampler:
     """Collects episodes of `env_id` for many tasks in lockstep (see the module docstring).
 
     Args:
-      env_id: a registered id of `rl.envs` (ValueError otherwise).
+      env_id: an id of `rl.envs`, built in or added with `rl.envs.register` (ValueError otherwise).
       num_workers: worker processes stepping the physics; None = one per CPU core; 0 = in-process.
       horizon: episode length T; default the environment's time limit (100 or 200).
       env_kwargs: keyword arguments for the environment constructor.
@@ -235,6 +235,8 @@ class Sampler:
         if self.horizon < 1:
             raise ValueError(f"horizon must be at least 1, got {self.horizon}.")
         self.env_kwargs = dict(env_kwargs or {})
+        env_class, _, spec_kwargs = rl_envs.spec(env_id)
+        construct = {**spec_kwargs, **self.env_kwargs}  # what every environment of this sampler is built with
         self.info_keys = tuple(info_keys)
         self.dtype = np.dtype(dtype)
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
@@ -243,7 +245,7 @@ class Sampler:
         self._closed = True
         self._conns, self._procs, self._group = [], [], None
 
-        probe = rl_envs.make_raw(env_id, **self.env_kwargs)
+        probe = env_class(task=None, **construct)
         self.env_class = type(probe)
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
@@ -258,14 +260,14 @@ class Sampler:
 
         self._closed = False
         if self.num_workers == 0:
-            self._group = _EnvGroup(env_id, self.env_kwargs, self.info_keys)
+            self._group = _EnvGroup(env_class, construct, self.info_keys)
             return
         ctx = mp.get_context(start_method)
         try:
             for _ in range(self.num_workers):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_worker_main, daemon=True,
-                                   args=(child, env_id, self.env_kwargs, self.info_keys))
+                                   args=(child, env_class, construct, self.info_keys))
                 proc.start()
                 child.close()
                 self._conns.append(parent)

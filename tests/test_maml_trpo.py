@@ -158,12 +158,23 @@ def test_finite_difference_curvature_is_the_authors_secant_and_tends_to_the_hess
     assert maml_trpo.curvature_rollouts(objective(1.0).config, 20) == 20
 
 
+def test_curvature_subsample_keeps_at_least_min_curvature_rollouts():
+    """0.2 of the paper's 20 rollouts is 4; fewer rollouts per task keep 4 (or all), not ceil(0.2 R)."""
+    config = maml_trpo.Config()
+    assert [maml_trpo.curvature_rollouts(config, r) for r in (2, 4, 5, 16, 20, 21, 40)] == [2, 4, 4, 4, 4, 5, 8]
+    assert maml_trpo.curvature_rollouts(maml_trpo.Config(min_curvature_rollouts=1), 5) == 1
+    assert maml_trpo.curvature_rollouts(maml_trpo.Config(curvature="exact"), 5) == 5
+    with pytest.raises(ValueError, match="min_curvature_rollouts must be at least 1"):
+        maml_trpo.Config(min_curvature_rollouts=0)
+
+
 def test_subsampled_curvature_keeps_the_inner_step_on_all_pre_update_rollouts():
     # 2 rollouts x 3 steps per task, hvp_subsample 0.5: the curvature must be the Hessian of the KL on
     # the first post-update rollout, through the inner step on *both* pre-update rollouts (the step
     # that made the adapted policies); an inner step on a subsample would be a different function.
     model, _, w0, pre, post, old, fast = tiny_setup()
-    config = maml_trpo.Config(inner_lr=0.7, rollouts_per_task=2, hvp_subsample=0.5, layout=LAYOUT)
+    config = maml_trpo.Config(inner_lr=0.7, rollouts_per_task=2, hvp_subsample=0.5, min_curvature_rollouts=1,
+                              layout=LAYOUT)
     objective = maml_trpo.MetaObjective(model, config)
     pre_c, post_c, old_c = maml_trpo.curvature_inputs(config, pre, post, old)
     assert pre_c is pre and post_c.obs.shape[1] == 3 and old_c.mean.shape[1] == 3
@@ -266,6 +277,7 @@ def nav_sampler():
 def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inner_steps, jit_compile):
     model = policies.gaussian_mlp_policy(2, 2, seed=0, name=f"nav{inner_steps}{jit_compile}")
     config = maml_trpo.Config(rollouts_per_task=4, inner_lr=0.5, inner_steps=inner_steps, hvp_subsample=0.5,
+                              min_curvature_rollouts=1,
                               layout=LAYOUT, jit_compile=jit_compile)
     learner = maml_trpo.MAMLTRPO(model, nav_sampler, config)
     tasks = nav_sampler.sample_tasks(2, np.random.default_rng(0))

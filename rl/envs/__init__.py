@@ -27,6 +27,22 @@ ends with the task parameter. Usage::
     env = rl.envs.make("maml_tf/HalfCheetahVel-v0")          # gymnasium.make, with its TimeLimit
     tasks = env.unwrapped.sample_tasks(40, np.random.default_rng(0))
     env.unwrapped.set_task(tasks[0])                           # or env.reset(options={"task": ...})
+
+Your own task family: ``register(env_id, env_class, horizon, **kwargs)`` adds it, for the sampler, the
+learner and ``make``. What the class must have (``rl.envs.tasks.TaskEnvMixin`` gives the task methods):
+
+- a class attribute ``family``: an object with ``sample(n, rng, stratified=False)`` (task parameters,
+  an array of n), ``validate(task)`` (the task as the environment stores it; ValueError if it is not
+  one of the family) and, for an oracle variant only, ``task_dim`` and ``features(task)``;
+- ``sample_tasks(n, rng, stratified=False)`` (a classmethod) and ``set_task(task)``, which the mixin
+  builds from ``family``; ``reset`` calls the mixin's ``prepare_task(options)`` after
+  ``super().reset(seed=seed)``;
+- a constructor that takes ``task=None`` and ``kwargs``; 1-D Box observation and action spaces;
+  ``step`` as gymnasium's. The sampler ends episodes at ``horizon`` (or when ``step`` says terminated).
+
+The sampler's worker processes receive the class itself (pickled by reference), so define it at the
+top level of an importable module or of the script (not inside a function or the ``__main__`` block).
+The README's "Your own task family" is a complete example.
 """
 
 from __future__ import annotations
@@ -70,25 +86,54 @@ def _register() -> None:
 _register()
 
 
-def _spec(env_id: str):
+def register(env_id: str, env_class: type, horizon: int, **kwargs) -> None:
+    """Add a task family under ``env_id`` (also with gymnasium, time limit ``horizon``), built as
+    ``env_class(task=None, **kwargs)``; see the module docstring for what the class must have.
+    Registering an id again with the same class, horizon and kwargs does nothing; with others it is refused."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a non-empty string, got {env_id!r}.")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}.")
+    family = getattr(env_class, "family", None)
+    needs = [name for name in ("sample_tasks", "set_task") if not callable(getattr(env_class, name, None))]
+    needs += [f"family.{name}" for name in ("sample", "validate") if not callable(getattr(family, name, None))]
+    if not isinstance(env_class, type) or needs:
+        raise ValueError(f"{getattr(env_class, '__name__', env_class)!r} is not a task environment class: it lacks "
+                         f"{', '.join(needs) or 'being a class'} (derive from rl.envs.tasks.TaskEnvMixin and set family).")
+    spec = (env_class, horizon, dict(kwargs))
+    if env_id in _SPECS:
+        if _SPECS[env_id] != spec:
+            raise ValueError(f"{env_id!r} is already registered as {_SPECS[env_id][0].__name__} (horizon "
+                             f"{_SPECS[env_id][1]}, {_SPECS[env_id][2]}); choose another id.")
+        return
+    if env_id in gym.registry:
+        raise ValueError(f"{env_id!r} is already a gymnasium id; choose another id.")
+    _SPECS[env_id] = spec
+    gym.register(id=env_id, entry_point=env_class, max_episode_steps=horizon, kwargs=dict(kwargs))
+
+
+def spec(env_id: str) -> tuple:
+    """``(class, horizon, constructor kwargs)`` of a registered id (ValueError for an unknown one)."""
     if env_id not in _SPECS:
-        raise ValueError(f"Unknown environment id {env_id!r}; valid ids are: {', '.join(ENV_IDS)}.")
+        raise ValueError(f"Unknown environment id {env_id!r}; valid ids are: {', '.join(_SPECS)} (add your own "
+                         f"with rl.envs.register).")
     return _SPECS[env_id]
+
 
 
 def env_class(env_id: str) -> type:
     """The environment class behind `env_id` (it has ``sample_tasks(n, rng)`` as a classmethod)."""
-    return _spec(env_id)[0]
+    return spec(env_id)[0]
 
 
 def horizon(env_id: str) -> int:
     """The episode length (time limit) of `env_id`."""
-    return _spec(env_id)[1]
+    return spec(env_id)[1]
 
 
 def make(env_id: str, task=None, **kwargs) -> gym.Env:
     """``gymnasium.make(env_id, **kwargs)`` (with the time limit), its task set to `task` if given."""
-    _spec(env_id)
+    spec(env_id)
     env = gym.make(env_id, **kwargs)
     if task is not None:
         env.unwrapped.set_task(task)
@@ -97,12 +142,12 @@ def make(env_id: str, task=None, **kwargs) -> gym.Env:
 
 def make_raw(env_id: str, task=None, **kwargs) -> gym.Env:
     """The bare environment object, without gymnasium's wrappers (no time limit): for samplers."""
-    cls, _, spec_kwargs = _spec(env_id)
+    cls, _, spec_kwargs = spec(env_id)
     return cls(task=task, **{**spec_kwargs, **kwargs})
 
 
 __all__ = [
-    "ENV_IDS", "make", "make_raw", "env_class", "horizon",
+    "ENV_IDS", "make", "make_raw", "env_class", "horizon", "register", "spec",
     "Navigation2DEnv", "HalfCheetahVelEnv", "HalfCheetahDirEnv", "AntVelEnv", "AntDirEnv",
     "VelocityTasks", "DirectionTasks", "GoalTasks2D",
 ]

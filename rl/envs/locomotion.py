@@ -138,7 +138,7 @@ class _MujocoTaskMixin(TaskEnvMixin):
 
     def reset(self, *, seed=None, options=None):
         gym.Env.reset(self, seed=seed)  # seeds np_random before a default task is drawn from it
-        self._prepare_task(options)
+        self.prepare_task(options)
         return super().reset(options=options)
 
     def _use_convention(self, convention: str) -> None:

@@ -55,7 +55,7 @@ class Navigation2DEnv(TaskEnvMixin, gym.Env, utils.EzPickle):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self._prepare_task(options)
+        self.prepare_task(options)
         self._position = np.zeros(2)
         return np.concatenate((self._position, self._task_obs)), {}
 

@@ -189,7 +189,9 @@ class TaskEnvMixin:
         """The current task parameter (None before the first reset if never set)."""
         return self._task.copy() if isinstance(self._task, np.ndarray) else self._task
 
-    def _prepare_task(self, options) -> None:
+    def prepare_task(self, options) -> None:
+        """Call at the start of ``reset(seed=..., options=...)``, after ``super().reset(seed=seed)``: takes
+        ``options["task"]`` if given, and draws a task from the family if none was ever set."""
         if options and "task" in options:
             self.set_task(options["task"])
         if self._task is None:
