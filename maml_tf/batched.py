@@ -74,7 +74,7 @@ import tensorflow as tf
 
 from maml_tf.functional import Weights, call, warn_if_inexact_normalization
 from maml_tf.maml import LearningRate, TaskLoss, inner_update, step_size
-from maml_tf.models import ExactBatchNormalization
+from maml_tf.models import ExactBatchNormalization, exact_moments
 
 log = logging.getLogger(__name__)
 
@@ -431,11 +431,7 @@ def _moments(x, axes, exact: bool, keepdims: bool = False):
     or as ``tf.nn.moments`` (Keras's layer), whose variance stops the gradient through the mean."""
     if not exact:
         return tf.nn.moments(x, axes, keepdims=keepdims)
-    mean = tf.reduce_mean(x, axes, keepdims=True)
-    variance = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
-    if not keepdims:
-        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-    return mean, variance
+    return exact_moments(x, axes, keepdims=keepdims)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,6 +43,16 @@ def _output_layer(num_classes: int, output_init: str) -> layers.Dense:
     return layers.Dense(num_classes, kernel_initializer=init, name="logits")
 
 
+def exact_moments(x: tf.Tensor, axes, keepdims: bool = True) -> tuple:
+    """``mean(x)`` and ``mean((x - mean(x))^2)`` over ``axes``, with no gradient stopped anywhere: what
+    ``tf.nn.moments`` (behind ``keras.ops.moments``) computes, minus its stop on the mean inside the variance."""
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+    if not keepdims:
+        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    return mean, variance
+
+
 @keras.saving.register_keras_serializable(package="maml_tf")
 class ExactBatchNormalization(layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` whose batch statistics have exact higher derivatives.
@@ -61,17 +71,7 @@ class ExactBatchNormalization(layers.BatchNormalization):
     def _moments(self, inputs, mask):
         if mask is not None or self.synchronized:  # Keras's masked and synchronized moments: left to Keras
             return super()._moments(inputs, mask)
-        axes = list(self._reduction_axes)
-        mean = tf.reduce_mean(inputs, axes, keepdims=True)
-        variance = tf.reduce_mean(tf.square(inputs - mean), axes, keepdims=True)
-        return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-
-
-def _exact_moments(x: tf.Tensor, axes) -> tuple:
-    """``mean(x)`` and ``mean((x - mean(x))^2)`` over ``axes`` (kept), with no gradient stopped anywhere:
-    what ``tf.nn.moments`` (behind ``keras.ops.moments``) computes, minus its stop on the mean."""
-    mean = tf.reduce_mean(x, axes, keepdims=True)
-    return mean, tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+        return exact_moments(inputs, list(self._reduction_axes), keepdims=False)
 
 
 def _at_least_float32(x) -> tf.Tensor:
@@ -93,7 +93,7 @@ class ExactLayerNormalization(layers.LayerNormalization):
         x = _at_least_float32(inputs)
         rank = x.shape.rank
         axes = sorted(a % rank for a in self.axis)
-        mean, variance = _exact_moments(x, axes)
+        mean, variance = exact_moments(x, axes)
         shape = [x.shape[d] if d in axes else 1 for d in range(rank)]  # gamma and beta over the normalised axes
         scale = tf.math.rsqrt(variance + self.epsilon)
         if self.gamma is not None:
@@ -119,7 +119,7 @@ class ExactGroupNormalization(layers.GroupNormalization):
         # [..., C, ...] -> [..., groups, C / groups, ...]: statistics per example and group
         grouped = tf.reshape(x, dims[:axis] + [self.groups, channels // self.groups] + dims[axis + 1:])
         axes = [d for d in range(1, rank + 1) if d != axis]
-        mean, variance = _exact_moments(grouped, axes)
+        mean, variance = exact_moments(grouped, axes)
         outputs = tf.reshape((grouped - mean) * tf.math.rsqrt(variance + self.epsilon), dynamic)
         shape = [channels if d == axis else 1 for d in range(rank)]  # gamma and beta per channel
         if self.scale:
