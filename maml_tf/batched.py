@@ -348,6 +348,10 @@ class BatchedNet:
             h, layout = x, "flat"
         else:
             raise ValueError(f"The batched layout takes inputs [tasks, examples, ...] of rank 3 or 5, got {x.shape}.")
+        expected = self.input_shape
+        if expected is not None and any(e is not None and e != d for e, d in zip(expected, x.shape[2:])):
+            raise ValueError(f"{self.model.name} takes examples of shape {expected}, got {tuple(x.shape[2:])} "
+                             f"(inputs [tasks, examples, ...] of shape {tuple(x.shape)}).")
         for op in self.ops:
             if op.kind == "conv":
                 if layout == "input":
@@ -626,10 +630,9 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
     ``metric`` is a :class:`SupervisedTaskLoss` for the same model (``task_loss.with_loss(accuracy)``)
     or a plain ``metric(labels, outputs)`` function; falls back to the vectorized layout otherwise.
     """
-    tl = fast_path(task_loss)
-    if tl is not None and not isinstance(metric, SupervisedTaskLoss):
-        metric = tl.with_loss(metric)
-    ml = fast_path(metric)
+    if isinstance(task_loss, SupervisedTaskLoss) and not isinstance(metric, SupervisedTaskLoss):
+        metric = task_loss.with_loss(metric)  # a plain metric(labels, outputs), on the fallback too
+    tl, ml = fast_path(task_loss), fast_path(metric)
     if tl is None or ml is None or ml.model is not tl.model:
         from maml_tf import evaluation
         _fallback_warning(task_loss if tl is None else metric)

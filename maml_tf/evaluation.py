@@ -21,7 +21,11 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
     ``maml.supervised_loss(forward, maml.accuracy)``) before adaptation and after each of
     ``steps`` gradient steps on the same support set (not adapting the weights in ``frozen``). No
     meta-gradient is taken here, so the inner gradients are cut (the values are those of
-    second-order adaptation all the same)."""
+    second-order adaptation all the same). ``layout="batched"`` runs :func:`maml_tf.batched.metric_curve`
+    (a task loss from ``batched.supervised_loss``; other models fall back to ``"vectorized"``)."""
+    if layout == "batched":
+        from maml_tf import batched
+        return batched.metric_curve(task_loss, metric, weights, support, query, steps, inner_lr, frozen)
     weights = {k: tf.stop_gradient(v) for k, v in weights.items()}
 
     def one_task(data):
@@ -45,7 +49,10 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
 def evaluate(curve: Callable[[Any, Any], tf.Tensor], sample: Callable[[int, np.random.Generator], tuple],
              num_tasks: int, batch_size: int, seed: int) -> np.ndarray:
     """Run ``curve(support, query)`` on ``num_tasks`` tasks drawn by ``sample(n, rng)`` in batches of
-    ``batch_size``; returns the per-task values ``[num_tasks, steps + 1]``."""
+    ``batch_size``; returns the per-task values ``[num_tasks, steps + 1]``. The tasks are those that
+    ``sample`` draws in that order from ``np.random.default_rng(seed)``, so they depend on ``batch_size``
+    too (one call of ``sample(20)`` need not draw the tasks of two ``sample(10)``): compare methods
+    with the same seed and batch size."""
     if num_tasks <= 0 or batch_size <= 0:
         raise ValueError("num_tasks and batch_size must be positive.")
     rng = np.random.default_rng(seed)

@@ -165,11 +165,13 @@ def conv_classifier(num_classes: int, image_shape=(28, 28, 1), filters: int = 64
 
 
 def omniglot_conv(num_classes: int, output_init: str = "glorot") -> keras.Model:
+    """The paper's Omniglot network, for 28x28 grey images (``conv_classifier`` takes other shapes)."""
     return conv_classifier(num_classes, (28, 28, 1), filters=64, downsample="stride", name="omniglot_conv",
                            output_init=output_init)
 
 
 def miniimagenet_conv(num_classes: int, output_init: str = "glorot") -> keras.Model:
+    """The paper's MiniImagenet network, for 84x84 colour images."""
     return conv_classifier(num_classes, (84, 84, 3), filters=32, downsample="maxpool", name="miniimagenet_conv",
                            output_init=output_init)
 

@@ -127,6 +127,7 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkp
     try:
         status = checkpoint.restore(path)
         status.assert_existing_objects_matched()
+        status.expect_partial()  # a model-only restore of a training checkpoint leaves its optimizer out, on purpose
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(

@@ -135,6 +135,9 @@ def test_metric_curve_and_metrics_match_the_reference():
                                   layout="loop").numpy()
     assert fast.shape == (3, 3)
     np.testing.assert_allclose(fast, ref)
+    # evaluation.metric_curve with layout="batched" is this batched curve (it used to run vectorized_map)
+    np.testing.assert_allclose(evaluation.metric_curve(task_loss, maml.accuracy, weights, support, query, 2, 0.4,
+                                                       layout="batched"), fast)
     for layout in ("batched", "loop"):
         loss, metrics = batched.meta_objective_and_metrics(task_loss, weights, support, query, 1, 0.4,
                                                            metrics={"acc": maml.accuracy}, layout=layout)
@@ -263,3 +266,17 @@ def test_grouped_convolutions_are_probed_and_fall_back_without_onednn(onednn, tm
         assert "TF_ENABLE_ONEDNN_OPTS=1" in lines["PROBLEM"] and lines["FAST"] == "False"
         assert lines["TRACED"] == "False"
         assert "falls back to 'vectorized'" in out.stderr and "TF_ENABLE_ONEDNN_OPTS=1" in out.stderr
+
+
+def test_examples_of_another_shape_than_the_models_are_refused_in_one_sentence():
+    """Grouped convolutions would otherwise fail deep inside TensorFlow ("Depth of output (256) is not a
+    multiple of the number of groups (12)") where the other layouts name the shapes."""
+    keras.utils.set_random_seed(0)
+    model = models.omniglot_conv(5)
+    task_loss = batched.supervised_loss(model, maml.softmax_cross_entropy)
+    weights = get_weights(model)
+    for shape in ((28, 28, 3), (32, 32, 1)):
+        support, query = episodes(2, 5, 1, shape, seed=1), episodes(2, 5, 1, shape, seed=2)
+        with pytest.raises(ValueError, match=rf"omniglot_conv takes examples of shape \(28, 28, 1\), got "
+                                             rf"\({shape[0]}, {shape[1]}, {shape[2]}\)"):
+            maml.meta_objective(task_loss, weights, support, query, 1, 0.4, layout="batched")
