@@ -1,29 +1,16 @@
 """The README's "Using the library" example, run as written: it must execute against the library as it
 is, and its meta-step must learn sinusoid regression (the post-update query loss on held-out tasks falls)."""
-import os
-import re
-
 import numpy as np
 import tensorflow as tf
 
 from data.sinusoid import SinusoidTasks
-
-README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-
-
-def readme_example() -> str:
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("## Using the library", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, "the README's 'Using the library' section has no python block"
-    return blocks[0]
+from readme_blocks import python_block
 
 
 def test_readme_example_runs_and_learns():
     tf.keras.utils.set_random_seed(0)
     namespace = {}
-    exec(compile(readme_example(), "README.md (Using the library)", "exec"), namespace)
+    exec(compile(python_block("## Using the library"), "README.md (Using the library)", "exec"), namespace)
     meta_step, model = namespace["meta_step"], namespace["model"]
     maml, functional, task_loss = namespace["maml"], namespace["functional"], namespace["task_loss"]
 

@@ -2,29 +2,21 @@
 one) in a fresh process: episodes from an array of one's own, batched meta-training with checkpoints, and
 an evaluation whose accuracy after one step is far above the untrained 0-step chance level."""
 import os
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from readme_blocks import python_block
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 LOGDIR = '"/tmp/fewshot_own_data"'
 
 
-def readme_fewshot_example() -> str:
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("### Your own image data set", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, "the README's 'Your own image data set' section has no python block"
-    return blocks[0]
-
-
 @pytest.mark.slow
 def test_readme_fewshot_example_trains_and_evaluates(tmp_path):
-    code = readme_fewshot_example()
+    code = python_block("### Your own image data set")
     assert code.count(LOGDIR) == 1
     logdir = tmp_path / "run"
     (tmp_path / "fewshot_own_data.py").write_text(code.replace(LOGDIR, repr(str(logdir))))

@@ -2,7 +2,6 @@
 worker processes that import the script again): a task family registered from outside the library must
 meta-train through MAMLTRPO and the training loop, and adaptation must raise its returns."""
 import os
-import re
 import subprocess
 import sys
 
@@ -10,23 +9,15 @@ import numpy as np
 import pytest
 
 import rl.envs
+from readme_blocks import python_block
 from rl.envs import tasks as rl_tasks
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 
-def readme_rl_example() -> str:
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("### Your own task family", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, "the README's 'Your own task family' section has no python block"
-    return blocks[0]
-
-
 @pytest.mark.slow
 def test_readme_rl_example_trains_and_adapts(tmp_path):
-    (tmp_path / "point1d_maml.py").write_text(readme_rl_example())
+    (tmp_path / "point1d_maml.py").write_text(python_block("### Your own task family"))
     env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     logdir = tmp_path / "run"
     out = subprocess.run([sys.executable, "-c", f"import point1d_maml; point1d_maml.main(logdir={str(logdir)!r})"],
