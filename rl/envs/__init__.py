@@ -120,7 +120,6 @@ def spec(env_id: str) -> tuple:
     return _SPECS[env_id]
 
 
-
 def env_class(env_id: str) -> type:
     """The environment class behind `env_id` (it has ``sample_tasks(n, rng)`` as a classmethod)."""
     return spec(env_id)[0]
