@@ -27,7 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fewshot_flags import DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS, OUTPUT_INITS
+try:  # the entry points run with experiments/ on sys.path
+    from fewshot_flags import DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS, OUTPUT_INITS
+except ModuleNotFoundError:  # imported from the project root as experiments.fewshot
+    from experiments.fewshot_flags import (DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS,
+                                           OUTPUT_INITS)
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import read_json
 from maml_tf.functional import batch_norm_weights, get_weights

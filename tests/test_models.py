@@ -47,3 +47,15 @@ def test_output_init_choices():
 
 def test_compute_dtype_choices_match_the_library():
     assert fewshot_flags.COMPUTE_DTYPES == batched.COMPUTE_DTYPES  # the flag module cannot import TensorFlow
+
+
+def test_fewshot_module_imports_as_a_package_module_from_the_project_root():
+    """Without experiments/ on sys.path (the entry points and these tests add it), a researcher's script at
+    the project root can still ``import experiments.fewshot``."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.path = [p for p in sys.path if not p.rstrip('/').endswith('experiments')]; "
+            "import experiments.fewshot as f; print(f.INNER_LOSS_REDUCTIONS)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(fewshot_flags.INNER_LOSS_REDUCTIONS)
