@@ -503,6 +503,26 @@ def supervised_loss(model: keras.Model, loss: Callable, training: bool = True,
     return SupervisedTaskLoss(model, loss, training=training, transductive=transductive, compute_dtype=compute_dtype)
 
 
+def as_metric(task_loss, metric: Callable):
+    """The metric that :func:`maml_tf.evaluation.metric_curve` evaluates, in every layout: with a task loss
+    from :func:`supervised_loss`, ``metric`` is a :class:`SupervisedTaskLoss` or a plain
+    ``metric(labels, outputs)``, which becomes ``task_loss.with_loss(metric)``; with any other task loss it
+    is used as given, ``metric(weights, data)``."""
+    if not isinstance(task_loss, SupervisedTaskLoss) or isinstance(metric, SupervisedTaskLoss):
+        return metric
+
+    def checked(labels, outputs):
+        try:
+            return metric(labels, outputs)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise TypeError(
+                f"metric(labels, outputs) failed ({type(e).__name__}: {e}); with a task loss from "
+                f"batched.supervised_loss a metric is a plain function of (labels, outputs), e.g. maml.accuracy, "
+                f"not of (weights, data).") from e
+
+    return task_loss.with_loss(checked)
+
+
 def fast_path(task_loss) -> Optional[SupervisedTaskLoss]:
     """``task_loss`` if the batched layout can run it, else None."""
     if isinstance(task_loss, SupervisedTaskLoss) and task_loss.net is not None:
@@ -627,11 +647,11 @@ def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, suppor
                  inner_lr: LearningRate, frozen: Collection[str] = ()) -> tf.Tensor:
     """:func:`maml_tf.evaluation.metric_curve` on the batched layout: ``[tasks, steps + 1]``.
 
-    ``metric`` is a :class:`SupervisedTaskLoss` for the same model (``task_loss.with_loss(accuracy)``)
-    or a plain ``metric(labels, outputs)`` function; falls back to the vectorized layout otherwise.
+    With a task loss from :func:`supervised_loss`, ``metric`` is a plain ``metric(labels, outputs)`` (e.g.
+    :func:`maml_tf.maml.accuracy`) or ``task_loss.with_loss(metric)``; with any other task loss it is
+    built like the loss, ``metric(weights, data)``, and the vectorized layout runs it (with a warning).
     """
-    if isinstance(task_loss, SupervisedTaskLoss) and not isinstance(metric, SupervisedTaskLoss):
-        metric = task_loss.with_loss(metric)  # a plain metric(labels, outputs), on the fallback too
+    metric = as_metric(task_loss, metric)
     tl, ml = fast_path(task_loss), fast_path(metric)
     if tl is None or ml is None or ml.model is not tl.model:
         from maml_tf import evaluation

@@ -11,33 +11,42 @@ from typing import Any, Callable, Collection
 import numpy as np
 import tensorflow as tf
 
+from maml_tf import batched
 from maml_tf.functional import Weights
 from maml_tf.maml import LearningRate, TaskLoss, inner_update, per_task, step_size
 
 
 def metric_curve(task_loss: TaskLoss, metric: TaskLoss, weights: Weights, support, query, steps: int,
                  inner_lr: LearningRate, layout: str = "vectorized", frozen: Collection[str] = ()) -> tf.Tensor:
-    """``[tasks, steps + 1]``: ``metric(fast_weights, query)`` (built like a task loss, e.g.
-    ``maml.supervised_loss(forward, maml.accuracy)``) before adaptation and after each of
+    """``[tasks, steps + 1]``: the metric on each task's query set before adaptation and after each of
     ``steps`` gradient steps on the same support set (not adapting the weights in ``frozen``). No
     meta-gradient is taken here, so the inner gradients are cut (the values are those of
-    second-order adaptation all the same). ``layout="batched"`` runs :func:`maml_tf.batched.metric_curve`
-    (a task loss from ``batched.supervised_loss``; other models fall back to ``"vectorized"``)."""
+    second-order adaptation all the same).
+
+    ``metric`` is built like the task loss, ``metric(weights, data)`` (e.g.
+    ``maml.supervised_loss(forward, maml.accuracy)``); with a task loss from ``batched.supervised_loss`` it
+    is a plain ``metric(labels, outputs)`` (e.g. ``maml.accuracy``) instead, in every layout.
+    ``layout="batched"`` runs :func:`maml_tf.batched.metric_curve` (a task loss from
+    ``batched.supervised_loss``; other models fall back to ``"vectorized"``)."""
     if layout == "batched":
-        from maml_tf import batched
         return batched.metric_curve(task_loss, metric, weights, support, query, steps, inner_lr, frozen)
+    wrapped = batched.as_metric(task_loss, metric)
+    plain, metric = wrapped is not metric, wrapped
     weights = {k: tf.stop_gradient(v) for k, v in weights.items()}
 
     def one_task(data):
         s, q = data
         fast = weights
-        try:
+        if plain:  # as_metric's error says what a metric is here
             values = [metric(fast, q)]
-        except (AttributeError, TypeError) as e:
-            raise TypeError(
-                f"metric(weights, query) failed ({type(e).__name__}: {e}); a metric takes the weights and a task's "
-                f"query data, like a task loss (e.g. maml.supervised_loss(forward, maml.accuracy)), not "
-                f"(labels, predictions).") from e
+        else:
+            try:
+                values = [metric(fast, q)]
+            except (AttributeError, TypeError, ValueError) as e:
+                raise TypeError(
+                    f"metric(weights, query) failed ({type(e).__name__}: {e}); a metric takes the weights and a "
+                    f"task's query data, like a task loss (e.g. maml.supervised_loss(forward, maml.accuracy)), not "
+                    f"(labels, predictions), unless the task loss comes from batched.supervised_loss.") from e
         for i in range(steps):
             fast = inner_update(task_loss, fast, s, step_size(inner_lr, i), first_order=True, frozen=frozen)
             values.append(metric(fast, q))

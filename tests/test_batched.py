@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from maml_tf import batched, evaluation, maml, models
+from maml_tf import batched, evaluation, functional, maml, models
 from maml_tf.functional import batch_norm_weights, call, get_weights
 
 
@@ -138,6 +138,16 @@ def test_metric_curve_and_metrics_match_the_reference():
     # evaluation.metric_curve with layout="batched" is this batched curve (it used to run vectorized_map)
     np.testing.assert_allclose(evaluation.metric_curve(task_loss, maml.accuracy, weights, support, query, 2, 0.4,
                                                        layout="batched"), fast)
+    # with a batched task loss, a plain metric(labels, outputs) means the same in every layout
+    for layout in ("loop", "vectorized"):
+        np.testing.assert_allclose(evaluation.metric_curve(task_loss, maml.accuracy, weights, support, query, 2, 0.4,
+                                                           layout=layout), ref)
+    # and a metric(weights, data) gets one clear error in every layout, not a TensorFlow one
+    weights_style = maml.supervised_loss(functional.make_forward(model), maml.accuracy)
+    for layout in ("batched", "loop", "vectorized"):
+        with pytest.raises(TypeError, match=r"with a task loss from batched.supervised_loss a metric is a plain "
+                                            r"function of \(labels, outputs\)"):
+            evaluation.metric_curve(task_loss, weights_style, weights, support, query, 1, 0.4, layout=layout)
     for layout in ("batched", "loop"):
         loss, metrics = batched.meta_objective_and_metrics(task_loss, weights, support, query, 1, 0.4,
                                                            metrics={"acc": maml.accuracy}, layout=layout)

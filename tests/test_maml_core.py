@@ -370,5 +370,7 @@ def test_metric_given_as_labels_and_predictions_gives_clear_error():
     w = functional.get_weights(model)
     support, query = task_batch(np.random.default_rng(0))
     task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
-    with pytest.raises(TypeError, match=r"a metric takes the weights and a task's query data.*not \(labels, predictions\)"):
-        metric_curve(task_loss, maml.mse, w, support, query, steps=1, inner_lr=0.1)
+    for layout in ("vectorized", "loop"):  # (the loop layout used to raise TensorFlow's ValueError)
+        with pytest.raises(TypeError, match=r"a metric takes the weights and a task's query data.*not "
+                                            r"\(labels, predictions\)"):
+            metric_curve(task_loss, maml.mse, w, support, query, steps=1, inner_lr=0.1, layout=layout)
