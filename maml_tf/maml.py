@@ -15,8 +15,10 @@ scalar``. Supervised learning builds it from a model and a per-example loss with
 
 Tasks are batched along axis 0 of every tensor of ``support`` and ``query`` (nested structures of
 tensors are fine). How the per-task computations are laid out is chosen by ``layout``:
-``"vectorized"`` (``tf.vectorized_map``, the default, measured faster) or ``"loop"`` (a plain loop,
-the reference).
+``"vectorized"`` (``tf.vectorized_map``, the default, measured faster), ``"loop"`` (a plain loop,
+the reference) or ``"batched"`` (all tasks folded into one network with grouped convolutions, for the
+models :mod:`maml_tf.batched` supports; whole meta-objectives and metric curves only, other models and
+per-task calls run ``"vectorized"``).
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ def meta_objective(task_loss: TaskLoss, weights: Weights, support, query, steps:
     """Mean over tasks of the query loss after adapting on the support set.
 
     ``query_loss`` defaults to ``task_loss`` (RL uses a different outer objective); ``frozen`` as in
-    :func:`adapt`.
+    :func:`adapt`; ``layout`` as in the module docstring (``"batched"`` runs
+    :func:`maml_tf.batched.meta_objective`).
     """
     if layout == "batched":  # tasks folded into one batch, for supported models (maml_tf/batched.py)
         from maml_tf import batched
@@ -127,12 +130,12 @@ def meta_objective(task_loss: TaskLoss, weights: Weights, support, query, steps:
 
 def meta_gradient(task_loss: TaskLoss, weights: Weights, support, query, steps: int,
                   inner_lr: LearningRate, first_order: bool = False, layout: str = "vectorized",
-                  frozen: Collection[str] = ()):
-    """(meta-objective, its gradient w.r.t. ``weights`` as a dict)."""
+                  frozen: Collection[str] = (), query_loss: TaskLoss | None = None):
+    """(meta-objective, its gradient w.r.t. ``weights`` as a dict); arguments as :func:`meta_objective`."""
     with tf.GradientTape() as tape:
         tape.watch(list(weights.values()))
-        loss = meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, layout=layout,
-                              frozen=frozen)
+        loss = meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, query_loss,
+                              layout=layout, frozen=frozen)
     return loss, tape.gradient(loss, weights)
 
 

@@ -1,6 +1,6 @@
 """The one meta-training loop: compiled steps, checkpoints, resume, TensorBoard and progress.
 
-Every supervised experiment (and the RL baselines) runs through :func:`train`. It is parameterised
+Every experiment, supervised and RL (MAML-TRPO and its baselines), runs through :func:`train`. It is parameterised
 by a compiled step (``make_train_step``), a batch source that depends only on the iteration number
 (so a resumed run draws the same tasks as an uninterrupted one), and an optional validation that
 selects the best checkpoint.
@@ -174,7 +174,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
 
     ``step`` is usually a compiled step from :func:`make_train_step`, but any callable returning a dict
     of scalars works (the RL learner's step samples rollouts and applies TRPO; it passes
-    ``optimizer=None`` and keeps its state in the model).
+    ``optimizer=None`` and its baseline's state as ``extra_state``).
 
     Resumes from the latest checkpoint in ``<logdir>/ckpt``. Saves every ``checkpoint_every``
     iterations, at the end, and when Ctrl-C or SIGTERM ends the run (after the current iteration).

@@ -92,6 +92,7 @@ from rl.sampler import Episodes, Sampler
 CURVATURES = ("gauss_newton", "exact", "finite_difference")
 BATCH_BY = ("steps", "episodes")
 BASELINES = ("per_task", "previous_task")
+RL_LAYOUTS = ("vectorized", "loop")  # maml_tf.maml.LAYOUTS but "batched", which folds conv nets only
 
 
 class PolicyData(NamedTuple):
@@ -157,8 +158,8 @@ class Config:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
         if self.batch_by not in BATCH_BY:
             raise ValueError(f"batch_by must be one of {BATCH_BY}, got {self.batch_by!r}.")
-        if self.layout not in maml.LAYOUTS:
-            raise ValueError(f"layout must be one of {maml.LAYOUTS}, got {self.layout!r}.")
+        if self.layout not in RL_LAYOUTS:  # ("batched" folds conv nets into grouped convolutions: not for policies)
+            raise ValueError(f"layout must be one of {RL_LAYOUTS}, got {self.layout!r}.")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def define_flags(preset: Preset) -> None:
                       "the directions each way, goal velocities one per bin) instead of independent draws (the "
                       "paper's); the same task distribution, less imbalance within a batch.")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
-    flags.DEFINE_enum("layout", preset.layout, ("vectorized", "loop"), "How per-task computations are laid out "
+    flags.DEFINE_enum("layout", preset.layout, maml_trpo.RL_LAYOUTS, "How per-task computations are laid out "
                       "(speed only: the half-cheetah's default, loop, is the faster one there, benchmarks/maml_trpo.py).")
     flags.DEFINE_bool("jit_compile", preset.jit_compile, "Compile the KL curvature products with XLA (speed only; "
                       "the step axes are padded to a few sizes, each compiled once: worth it where the batch shapes "

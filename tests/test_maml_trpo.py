@@ -321,3 +321,10 @@ def test_policy_fn_acts_mean_plus_std_times_the_rngs_noise(per_task):
             mean, log_std = policies.distribution(model, wm, tf.constant(obs[m]))
             expected.append((mean + tf.exp(log_std) * noise[m]).numpy())
         np.testing.assert_allclose(act(obs), np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_config_refuses_the_batched_layout():
+    """"batched" folds conv nets into grouped convolutions; for a policy it would silently mean "vectorized"."""
+    with pytest.raises(ValueError, match=r"layout must be one of \('vectorized', 'loop'\), got 'batched'"):
+        maml_trpo.Config(layout="batched")
+    assert maml_trpo.Config(layout="loop").layout == "loop"
