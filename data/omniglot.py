@@ -21,7 +21,8 @@ Preprocessing (once, then cached):
     strokes 1, background 0. Stored as uint8 (strokes 255); the episode sampler scales by 1/255.
   * the result, all 1623 characters x 20 drawings, is cached as `omniglot_28x28_<resize>.npz` in
     `data_dir` when it is writable (a folder without write bits counts as read-only, even for root),
-    otherwise in `cache_dir` (default `$MAML_TF_CACHE_DIR`, else `~/.cache/maml_tf`). The cache
+    otherwise in `cache_dir` (default `$MAML_TF_CACHE_DIR`, else `$XDG_CACHE_HOME/maml_tf`, else
+    `~/.cache/maml_tf`). The cache
     records a fingerprint (SHA-256) of the archives and is rebuilt when they change.
 
 Split (paper section 5.2 and the authors' code): the 1623 character folders of both archives are
@@ -322,6 +323,7 @@ def load_omniglot(
         default `default_cache_dir()`.
       use_cache: read/write the .npz cache; False always rebuilds and writes nothing.
       download: try the canonical source when the archives are missing.
+      download_timeout: the download's socket timeout in seconds (how long one network read may stall).
 
     Raises:
       FileNotFoundError: archives missing (and not downloadable); the message says how to get them.

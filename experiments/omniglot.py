@@ -109,7 +109,7 @@ def config_from_flags(stored: dict | None = None):
     num_shots = FLAGS.num_shots if FLAGS["num_shots"].present or not stored else stored["num_shots"]
     preset = PRESETS.get(num_ways, PRESETS[5] if num_ways < 20 else PRESETS[20])
     model = stored.get("model", FLAGS.model) if stored else FLAGS.model
-    return fewshot.config_from_flags(FLAGS, stored, "omniglot_mlp" if FLAGS.model == "mlp" else "omniglot",
+    return fewshot.config_from_flags(FLAGS, stored, "omniglot_mlp" if model == "mlp" else "omniglot",
                                      FLAGS.model, {**preset, "num_query": num_shots, "eval_num_query": num_shots,
                                                    "layout": preset_layout(model, num_shots)})
 

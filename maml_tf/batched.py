@@ -35,22 +35,21 @@ convolution bias feeding batch norm, still change it). The paper's networks use
 :class:`maml_tf.models.ExactBatchNormalization`, whose statistics are exact; the batched layout computes
 each layer's statistics the way the layer does.
 
-Speed (``benchmarks/meta_step.py``, results in ``results/benchmarks/meta_step.jsonl``; 2-core CPU,
-Omniglot conv net, second order): 5-way 1-shot (32 tasks, 1 inner step) takes 131 ms per iteration
-against 228 ms for the plain loop (1.74x; an earlier run with Keras's batch norm: 105 against 154 ms,
-1.46x), compiles in 5 s instead of 60 s, and peaks at half the memory (0.90 vs 1.87 GB). This machine's
-speed varies by tens of percent from run to run, hence ratios measured in the same run. Batching does
-not reduce the arithmetic (about 5.0 GMAC per such iteration: forward, inner gradient, query pass and
-the second-order backward pass; ``benchmarks/arithmetic.py`` counts it: 4.99), so 131 ms is 38 GMAC/s
-(105 ms was 48), while a large matrix product reaches about 105 GMAC/s (210 GFLOP/s) on the same two
-cores (``benchmarks/meta_step.py`` measures both in one run and reports the floor they imply). What is left is the efficiency
-of oneDNN's grouped convolutions and their gradients at these small per-task shapes (about 70% of the
-op time in a profile; batch norm's reductions and element-wise ops most of the rest). Formulations by
-image patches and batched matrix products were slower (the patch extraction and its gradient are
-memory-bound ops in TensorFlow), with or without XLA; XLA on the grouped convolutions is 30x slower.
-At 20-way 1-shot (16 tasks of 20 examples, 5 inner steps) the batched layout is only as fast as the
-loop (1,406 against 1,367 ms per iteration, with about one core each), but it still compiles in 15 s
-instead of 173 s and peaks at 56% of the loop's memory.
+Speed (``benchmarks/meta_step.py``; its measurements, with date, machine and commit, are in
+``results/benchmarks/meta_step.jsonl``, and the README's results table has the current ratios): at
+Omniglot 5-way 1-shot (32 tasks, 1 inner step, second order) the batched layout is faster than the plain
+per-task loop (1.83x on 2026-12-01), compiles in seconds instead of a minute and peaks at about half its
+memory; at 20-way 1-shot (16 tasks, 5 inner steps) it is about as fast as the loop (0.94x) but compiles
+in 15 s instead of about 3 min and needs less memory; from 5 shots the loop is faster (the entry points'
+presets take it there). Batching does not reduce the arithmetic (about 5.0 GMAC per 5-way 1-shot
+iteration: forward, inner gradient, query pass and the second-order backward pass;
+``benchmarks/arithmetic.py`` counts it), and the step runs it well below the rate a large matrix
+product reaches on the same two cores (``benchmarks/meta_step.py`` measures both in one run and reports
+the floor they imply). What is left is the efficiency of oneDNN's grouped convolutions and their gradients
+at these small per-task shapes (about 70% of the op time in a profile; batch norm's reductions and
+element-wise ops most of the rest). Formulations by image patches and batched matrix products were
+slower (the patch extraction and its gradient are memory-bound ops in TensorFlow), with or without XLA;
+XLA on the grouped convolutions is 30x slower.
 
 Batch norm without transduction: ``supervised_loss(..., transductive=False)`` normalises every query
 example with the statistics of the task's *support* batch (computed with the same fast weights) instead
@@ -58,8 +57,10 @@ of the query batch, so each query prediction depends only on the support set and
 
 bfloat16: ``supervised_loss(..., compute_dtype="bfloat16")`` runs the convolutions and matrix products
 (and their gradients of every order) on bfloat16 copies of their inputs and weights, everything else in
-float32. The meta-gradient is then a noisy estimate of float32's (``tests/test_bfloat16.py``); on this
-AVX512_BF16 machine it makes the whole step only 3-8% faster (README), so float32 is the default.
+float32. The meta-gradient is then a noisy estimate of float32's (``tests/test_bfloat16.py``); on a
+machine with AVX512_BF16 it made the whole step only 3-8% faster (README), so float32 is the default; on
+CPUs without AVX-512, where oneDNN runs no bfloat16 grouped convolutions, it is refused
+(:func:`grouped_conv_problem`).
 """
 
 from __future__ import annotations
@@ -497,7 +498,9 @@ def supervised_loss(model: keras.Model, loss: Callable, training: bool = True,
                     transductive: bool = True, compute_dtype: str = "float32") -> SupervisedTaskLoss:
     """A task loss for a Keras model and a per-task loss, which the batched layout can accelerate.
 
-    ``compute_dtype="bfloat16"`` (batched layout only) runs the convolutions and matrix products, and
+    ``training`` is passed to the model's layers (``True``: batch norm on the batch's statistics, as the
+    paper); ``transductive=False`` (batched layout only) normalises query examples with the support set's
+    batch statistics instead of the query batch's (module docstring). ``compute_dtype="bfloat16"`` (batched layout only) runs the convolutions and matrix products, and
     their gradients at every order, on bfloat16 inputs and weights; the weights, batch norm, losses and
     the optimizer stay float32."""
     return SupervisedTaskLoss(model, loss, training=training, transductive=transductive, compute_dtype=compute_dtype)

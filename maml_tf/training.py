@@ -43,7 +43,8 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     the model's weights as a dict, differentiates the loss with respect to the model's variables
     (through the inner loop, if the objective adapts) and applies the optimizer. It returns the loss,
     ``aux`` and ``meta_grad_norm``, the global norm of the gradient before the optimizer (and any clipping
-    of its own) sees it.
+    of its own) sees it. ``jit_compile=True`` compiles the step with XLA (measure it: for the paper's
+    networks on a CPU it was slower).
     """
     variables = model.trainable_variables
 
@@ -182,6 +183,9 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
     training time so far, resumed runs included); the best checkpoint so far is kept in
     ``<logdir>/best``. ``extra_state``: variables that ``step`` carries from one iteration to the next
     (besides the model's and the optimizer's), saved and restored with them so that a resume is exact.
+    ``log_every``: iterations between progress lines and TensorBoard scalars (and the NaN check);
+    ``name`` labels the progress lines; ``verbose=False`` prints no progress (an interruption still says
+    where it saved).
     """
     if iterations < 0:
         raise ValueError("iterations must be non-negative.")

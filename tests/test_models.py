@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import fewshot_flags  # noqa: E402
-from maml_tf import batched, models  # noqa: E402
+from maml_tf import batched, maml, models  # noqa: E402
 
 
 def kernels(model):
@@ -47,6 +47,10 @@ def test_output_init_choices():
 
 def test_compute_dtype_choices_match_the_library():
     assert fewshot_flags.COMPUTE_DTYPES == batched.COMPUTE_DTYPES  # the flag module cannot import TensorFlow
+
+
+def test_layout_choices_match_the_library():
+    assert set(fewshot_flags.LAYOUTS) == set(maml.LAYOUTS)  # the flag module cannot import TensorFlow
 
 
 def test_fewshot_module_imports_as_a_package_module_from_the_project_root():

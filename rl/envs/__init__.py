@@ -21,10 +21,10 @@ observations (with the torso subtree's centre of mass), that centre of mass's ve
 forward velocity, Gaussian reset noise, and for the ant rllab's initial pose and reward constants.
 The ``-v0`` ids keep gymnasium's v5 conventions (``convention="gymnasium"``).
 
-Each has an oracle variant (``...Oracle-v0``, e.g. ``maml_tf/AntVelOracle-v0``) whose observation
+Each has an oracle variant (``...Oracle-v1``, e.g. ``maml_tf/AntVelOracle-v1``) whose observation
 ends with the task parameter. Usage::
 
-    env = rl.envs.make("maml_tf/HalfCheetahVel-v0")          # gymnasium.make, with its TimeLimit
+    env = rl.envs.make("maml_tf/HalfCheetahVel-v1")          # gymnasium.make, with its TimeLimit
     tasks = env.unwrapped.sample_tasks(40, np.random.default_rng(0))
     env.unwrapped.set_task(tasks[0])                           # or env.reset(options={"task": ...})
 
