@@ -53,6 +53,16 @@ class Episodes(NamedTuple):
     query_inputs: np.ndarray  # [T, N*Q, H, W, C] float
     query_labels: np.ndarray  # [T, N*Q] int32
 
+    @property
+    def support(self) -> tuple:
+        """``(support_inputs, support_labels)``, the support set as the library's task losses take it."""
+        return self.support_inputs, self.support_labels
+
+    @property
+    def query(self) -> tuple:
+        """``(query_inputs, query_labels)``."""
+        return self.query_inputs, self.query_labels
+
 
 class EpisodeIndices(NamedTuple):
     """Which images a batch of tasks uses (for logging, tests and reproducibility checks)."""

@@ -35,7 +35,8 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import read_json
 from maml_tf.functional import batch_norm_weights, get_weights
-from maml_tf.training import CheckpointError, check_config, make_checkpoint, make_train_step, restore, train
+from maml_tf.training import (CheckpointError, check_config, latest_iteration, make_checkpoint, make_train_step,
+                               restore, train)
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
@@ -132,7 +133,7 @@ def episode_sampler(sampler) -> Callable[[int, np.random.Generator], tuple]:
 
     def sample(num_tasks: int, rng: np.random.Generator):
         e = sampler.sample(num_tasks, rng)
-        return (e.support_inputs, e.support_labels), (e.query_inputs, e.query_labels)
+        return e.support, e.query
 
     return sample
 
@@ -232,11 +233,6 @@ class History:
             return [json.loads(line) for line in f if line.strip()]
 
 
-def _checkpoint_iteration(directory: str) -> int:
-    path = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
-    return int(path.rsplit("-", 1)[1]) if path else 0
-
-
 def meta_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
     """Adam with the meta learning rate; with ``meta_clip_norm`` it first scales each meta-gradient down to
     that global norm where it is larger (Keras's ``global_clipnorm``)."""
@@ -253,7 +249,7 @@ def meta_train(model: keras.Model, cfg: Config, logdir: str, train_sample, val_s
     optimizer = meta_optimizer(cfg)
     step = make_train_step(model, optimizer, make_objective(train_loss, cfg), jit_compile=cfg.jit_compile)
     history = History(os.path.join(logdir, "history.jsonl"))
-    resumed_at = _checkpoint_iteration(os.path.join(logdir, "ckpt"))
+    resumed_at = latest_iteration(logdir)
     history.truncate_after(resumed_at)
     if cfg.init_from and not resumed_at:  # a resumed run continues from its own checkpoint
         initialise_from(model, cfg.init_from, logdir, verbose)
@@ -409,7 +405,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     validation.update(validation_milestones(History(os.path.join(logdir, "history.jsonl")).read()))
     print_results(cfg, test, paper, cfg.transductive_bn)
     trained_iterations = (train_result.iterations if train_result
-                          else _checkpoint_iteration(os.path.join(logdir, "ckpt")))
+                          else latest_iteration(logdir))
     train_wall = train_result.wall_time_s if train_result else None  # all sessions' training, from the checkpoint
     eval_wall = time.time() - t_eval
     metrics = {

@@ -120,6 +120,13 @@ def make_checkpoint(model: keras.Model, optimizer: Optional[keras.optimizers.Opt
     return tf.train.Checkpoint(**state)
 
 
+def latest_iteration(logdir: str) -> int:
+    """The iteration of the latest checkpoint in ``<logdir>/ckpt`` that :func:`train` resumes from (0 for a
+    fresh run)."""
+    path = tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) if os.path.isdir(logdir) else None
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
 def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkpoint") -> Optional[str]:
     """Restore the latest checkpoint in ``directory`` (if any); a mismatch is one clear sentence."""
     path = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None

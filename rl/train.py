@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
-from maml_tf.training import check_config, train  # noqa: E402
+from maml_tf.training import check_config, latest_iteration, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
 
@@ -239,12 +239,6 @@ class ProgressCSV:
             w.writerow(row)
 
 
-def _start_iteration(logdir: str) -> int:
-    """The iteration of the checkpoint a run resumes from (0 for a fresh run)."""
-    path = tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) if os.path.isdir(logdir) else None
-    return int(path.rsplit("-", 1)[1]) if path else 0
-
-
 def recorded_config(logdir: str) -> dict:
     """The settings a run in ``logdir`` recorded (its config.json; {} if there is none)."""
     path = os.path.join(logdir, "config.json")
@@ -316,7 +310,7 @@ def train_task(task: str) -> dict:
     name = f"{task}/{s['method']}"
     _adopt_recorded(name, logdir, s, recorded)
     check_config(logdir, s, MODEL_KEYS)
-    start = _start_iteration(logdir)
+    start = latest_iteration(logdir)
     if recorded:
         _resume_settings(name, logdir, s, recorded, start)
     config = learner_config(s)

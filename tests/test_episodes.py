@@ -28,6 +28,9 @@ def test_shapes_dtypes_and_labels():
     assert episodes.support_labels.dtype == np.int32 and episodes.query_labels.dtype == np.int32
     np.testing.assert_array_equal(episodes.support_labels, np.tile(np.repeat(np.arange(5), 2), (4, 1)))
     np.testing.assert_array_equal(episodes.query_labels, np.tile(np.repeat(np.arange(5), 3), (4, 1)))
+    assert episodes.support[0] is episodes.support_inputs and episodes.support[1] is episodes.support_labels
+    assert episodes.query[0] is episodes.query_inputs and episodes.query[1] is episodes.query_labels
+    assert len(episodes) == 4  # still the four arrays when unpacked
 
 
 def test_query_defaults_to_shots():

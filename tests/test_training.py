@@ -10,7 +10,7 @@ import pytest
 
 from data.sinusoid import SinusoidTasks
 from maml_tf import functional, maml, models
-from maml_tf.training import CheckpointError, _format_rate, check_config, make_train_step, train
+from maml_tf.training import CheckpointError, _format_rate, check_config, latest_iteration, make_train_step, train
 
 
 def setup(seed=0, hidden=(8,)):
@@ -41,8 +41,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     straight = weights_of(model)
 
     model, opt, step, batch_for = setup()
+    assert latest_iteration(str(tmp_path / "resumed")) == 0  # no such folder yet
     res = train(model, opt, step, batch_for, 17, str(tmp_path / "resumed"), checkpoint_every=10, verbose=False)
-    assert res.iterations == 17
+    assert res.iterations == 17 and latest_iteration(str(tmp_path / "resumed")) == 17
     model, opt, step, batch_for = setup()  # a fresh process would rebuild everything
     res = train(model, opt, step, batch_for, 30, str(tmp_path / "resumed"), checkpoint_every=10, verbose=False)
     assert res.iterations == 30
