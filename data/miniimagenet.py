@@ -57,6 +57,13 @@ MINIIMAGENET_HOWTO = (
 _CACHE_VERSION = 1
 
 
+def split_csv_path(data_dir: str | os.PathLike | None, split: str, csv_dir: str | os.PathLike | None = None) -> Path:
+    """The CSV file that defines ``split``, where :func:`load_miniimagenet` looks for it (e.g. to record
+    its hash); FileNotFoundError, saying how to get the data, if there is none."""
+    data_dir = Path(data_dir if data_dir is not None else default_data_dir("miniimagenet")).expanduser().resolve()
+    return _find_csv(data_dir, split, Path(csv_dir).expanduser().resolve() if csv_dir is not None else None)
+
+
 def _find_csv(data_dir: Path, split: str, csv_dir: Path | None) -> Path:
     candidates = ([csv_dir / f"{split}.csv"] if csv_dir is not None else
                   [data_dir / f"{split}.csv", data_dir / "splits" / "ravi" / f"{split}.csv"])
@@ -169,7 +176,7 @@ def load_miniimagenet(
     data_dir = Path(data_dir if data_dir is not None else default_data_dir("miniimagenet"))
     data_dir = data_dir.expanduser().resolve()
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    csv_path = _find_csv(data_dir, split, Path(csv_dir).expanduser() if csv_dir is not None else None)
+    csv_path = split_csv_path(data_dir, split, csv_dir)
     classes = read_split_csv(csv_path)
     paths = _image_paths(data_dir, split, classes, csv_path)
     labels = tuple(label for label, _ in classes)

@@ -82,20 +82,21 @@ def default_logdir(cfg) -> str:
 def load_samplers(cfg, data_dir, use_cache: bool = True):
     import fewshot
 
-    from data.episodes import default_data_dir
-    from data.miniimagenet import load_miniimagenet_splits
+    from data.miniimagenet import load_miniimagenet_splits, split_csv_path
     splits = load_miniimagenet_splits(data_dir, use_cache=use_cache)
     query = {"train": cfg.num_query, "val": cfg.eval_num_query, "test": cfg.eval_num_query}
     samplers = {k: fewshot.episode_sampler(splits[k].sampler(cfg.num_ways, cfg.num_shots, query[k])) for k in splits}
-    root = data_dir or default_data_dir("miniimagenet")
+
+    def images_per_class(images):  # one number where every class has as many (600 in the real data)
+        sizes = sorted({len(c) for c in images})
+        return sizes[0] if len(sizes) == 1 else {"min": sizes[0], "max": sizes[-1]}
+
     record = {"classes": {k: list(v.class_names) for k, v in splits.items()},
-              "images_per_class": {k: int(len(v.images[0])) for k, v in splits.items()}}
+              "images_per_class": {k: images_per_class(v.images) for k, v in splits.items()},
+              "csv_sha256_16": {}}
     for split in splits:  # hash of the split file that defined the classes
-        for candidate in (os.path.join(root, f"{split}.csv"), os.path.join(root, "splits", "ravi", f"{split}.csv")):
-            if os.path.exists(candidate):
-                with open(candidate, "rb") as f:
-                    record.setdefault("csv_sha256_16", {})[split] = hashlib.sha256(f.read()).hexdigest()[:16]
-                break
+        with open(split_csv_path(data_dir, split), "rb") as f:
+            record["csv_sha256_16"][split] = hashlib.sha256(f.read()).hexdigest()[:16]
     return samplers, record
 
 

@@ -106,10 +106,14 @@ def test_ravi_csv_layout_and_csv_dir(tmp_path):
                                      csv_location="ravi")
     assert (root / "splits" / "ravi" / "test.csv").is_file()
     assert load_miniimagenet(root, "test", use_cache=False).images.shape == (2, 12, 84, 84, 3)
+    assert miniimagenet.split_csv_path(root, "test") == (root / "splits" / "ravi" / "test.csv").resolve()
     moved = tmp_path / "csvs"
     shutil.copytree(root / "splits" / "ravi", moved)
     shutil.rmtree(root / "splits")
     assert load_miniimagenet(root, "test", csv_dir=moved, use_cache=False).num_classes == 2
+    assert miniimagenet.split_csv_path(root, "test", csv_dir=moved) == (moved / "test.csv").resolve()
+    with pytest.raises(FileNotFoundError, match="mini-ImageNet split file not found"):
+        miniimagenet.split_csv_path(root, "test")
 
 
 def test_authors_folder_layout(tmp_path):

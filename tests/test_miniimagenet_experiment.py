@@ -32,6 +32,9 @@ def test_end_to_end_on_the_fixture(tmp_path):
     config = metrics["config"]
     assert (config["meta_batch_size"], config["inner_lr"], config["eval_num_query"]) == (4, 0.01, 1)  # paper, 1-shot
     assert len(metrics["split"]["classes"]["test"]) == 5
+    # the hash of each split's CSV, found where the loader found it
+    assert set(metrics["split"]["csv_sha256_16"]) == {"train", "val", "test"}
+    assert all(isinstance(n, int) and n >= 2 for n in metrics["split"]["images_per_class"].values())
     assert (logdir / "learning_curve.png").exists()
 
 
