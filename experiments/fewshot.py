@@ -1,8 +1,9 @@
 """What the few-shot classification entry points (omniglot.py, miniimagenet.py) share: the settings,
 meta-training with validation, the test evaluation, the results file and the learning curve.
 
-Everything here takes explicit arguments; the entry points own the flags, the paper's presets and
-the data loading. The flow of :func:`run`:
+Everything here takes explicit arguments; the entry points define the flags (``fewshot_flags``) and own
+the paper's presets and the data loading, and :func:`config_from_flags` turns the parsed flags they pass
+in into a :class:`Config`. The flow of :func:`run`:
 
 1. meta-train with :func:`maml_tf.training.train` (resumable), logging the post-update query accuracy
    of the training tasks and, every ``validate_every`` iterations, the accuracy on ``val_tasks``
@@ -186,16 +187,12 @@ def make_curve(model: keras.Model, task_loss, accuracy, cfg: Config):
     graph (Omniglot 5-way 5-shot, ``--eval_only`` next to a training run: 264 s and 4.1 GB against 43 s and
     2.0 GB batched, the same accuracies). Elsewhere (e.g. oneDNN off) it uses ``cfg.layout``."""
     frozen = frozen_weights(model, cfg)
-    use_batched = cfg.layout == "batched" or batched.why_unsupported(model) is None
+    layout = "batched" if cfg.layout == "batched" or batched.why_unsupported(model) is None else cfg.layout
 
     @tf.function  # one trace per batch shape (static task counts, which the batched layout needs)
     def curve(support, query):
-        weights = get_weights(model)
-        if use_batched:
-            return batched.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
-                                        cfg.inner_step_size, frozen=frozen)
-        return evaluation.metric_curve(task_loss, accuracy, weights, support, query, cfg.num_eval_steps,
-                                       cfg.inner_step_size, layout=cfg.layout, frozen=frozen)
+        return evaluation.metric_curve(task_loss, accuracy, get_weights(model), support, query, cfg.num_eval_steps,
+                                       cfg.inner_step_size, layout=layout, frozen=frozen)
 
     return curve
 
