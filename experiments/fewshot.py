@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -34,7 +32,7 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
     from experiments.fewshot_flags import (DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS,
                                            OUTPUT_INITS)
 from maml_tf import batched, evaluation, maml
-from maml_tf.cli import read_json
+from maml_tf.cli import machine_info, read_json
 from maml_tf.functional import batch_norm_weights, get_weights
 from maml_tf.training import (CheckpointError, check_config, latest_iteration, make_checkpoint, make_train_step,
                                restore, train)
@@ -375,11 +373,6 @@ def learning_curve(history_path: str, png_path: str, title: str, paper: Optional
     plt.close(fig)
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "tensorflow": tf.__version__, "keras": keras.__version__}
-
-
 def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str, Callable], logdir: str,
         paper: Optional[dict], split: dict, command: str, eval_only: bool = False, verbose: bool = True) -> dict:
     """Train (unless ``eval_only``), evaluate the best checkpoint, write metrics.json and the figure.
@@ -431,7 +424,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
                      + f"; checkpoint with the best validation accuracy ({cfg.val_tasks} tasks)"),
         "split": split,
         "command": command,
-        "machine": machine(),
+        "machine": machine_info(),
     }
     path = os.path.join(logdir, "metrics.json")
     if eval_only:

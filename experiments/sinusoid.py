@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 
@@ -33,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
-from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
+from maml_tf.cli import machine_info, one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
 from maml_tf.training import check_config, make_checkpoint, make_train_step, restore, train  # noqa: E402
 
@@ -324,8 +323,7 @@ def main(argv):
         # training time of every method (summed over resumed sessions) plus this evaluation
         "wall_time_s": round(sum(t["wall_time_s"] for t in training.values()) + time.time() - t_eval, 1),
         "training": training,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": machine_info(),
         "command": " ".join(["python", "experiments/sinusoid.py"] + sys.argv[1:]),
         "protocol": (f"{FLAGS.eval_tasks} test tasks per K, fine-tuned 0..{FLAGS.eval_steps} steps on the same K "
                      f"points; MSE on {FLAGS.eval_query_points} held-out points per task; ci95 = 1.96 std/sqrt(n)"),

@@ -53,3 +53,14 @@ def read_json(path: str) -> dict:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); restore it or use another --logdir.") from None
+
+
+def machine_info() -> dict:
+    """The machine and versions a result was measured with, as the results files record them."""
+    import os
+    import platform
+
+    import keras
+    import tensorflow as tf
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "tensorflow": tf.__version__, "keras": keras.__version__}

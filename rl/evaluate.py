@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 
@@ -53,7 +52,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from maml_tf import paper  # noqa: E402
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.cli import machine_info, one_sentence_errors  # noqa: E402
 from maml_tf.training import make_checkpoint, restore  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
@@ -249,8 +248,7 @@ def main(argv):
         "wall_time_s": round(train_s + eval_s, 1), "train_wall_time_s": round(train_s, 1),
         "eval_wall_time_s": round(eval_s, 1),
         "training": training,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": machine_info(),
         "command": " ".join(["python", "rl/evaluate.py"] + sys.argv[1:]),
         "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {batch_text}; "
                      f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "

@@ -42,7 +42,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
 from maml_tf.training import check_config, latest_iteration, train  # noqa: E402
