@@ -183,16 +183,21 @@ def _find_or_download(data_dir: Path, cache_dir: Path, download: bool, timeout: 
     if not missing:
         return sources
     how = (f"download {' and '.join(f'{m}.zip' for m in missing)} from {MANUAL_URL} into {data_dir} "
-           f"(or pass the folder holding them as data_dir)")
+           f"(or pass the folder holding them as data_dir, --data_dir in the experiments)")
     if not download:
         raise FileNotFoundError(
             f"Omniglot not found: {data_dir} holds no {' or '.join(f'{m}.zip' for m in missing)} "
             f"(nor the unpacked folders); {how}.")
+    existing = {f: next(p for p in (f, *f.parents) if p.exists()) for f in (data_dir, download_dir)}
     target_dir = data_dir if _is_writable_dir(data_dir, create=True) else download_dir
     for name in missing:
         try:
             sources[name] = _download(name, target_dir, timeout)
         except Exception as err:  # no network, HTTP error, truncated file, ...
+            for folder, ancestor in existing.items():  # leave behind no empty folder that this call made
+                while folder != ancestor and folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+                    folder = folder.parent
             raise FileNotFoundError(
                 f"Omniglot not found in {data_dir} and downloading {OMNIGLOT_URL.format(name=name)} "
                 f"failed ({type(err).__name__}: {err}); {how}.") from err

@@ -342,7 +342,8 @@ def print_results(cfg: Config, test: dict, paper: Optional[dict], transductive: 
     for n in steps:
         print(f"  n={n:<3d} {test['accuracy'][n]:7.2f} ± {test['ci95'][n]:.2f}")
     if paper:
-        print(f"  paper (Table 1): {paper['accuracy']} ± {paper['ci95']}")
+        note = f"; {paper['note']}" if paper.get("note") else ""
+        print(f"  paper (Table 1{note}): {paper['accuracy']} ± {paper['ci95']}")
 
 
 def learning_curve(history_path: str, png_path: str, title: str, paper: Optional[dict]) -> None:
@@ -385,6 +386,10 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     curve = make_curve(model, *task_losses(model, cfg), cfg)
     train_result = None
     if not eval_only:
+        start = latest_iteration(logdir)
+        if cfg.iterations < start:
+            raise CheckpointError(f"{logdir} holds a run at iteration {start}, past --iterations={cfg.iterations}; "
+                                  f"use another --logdir for a new run, or --eval_only to evaluate this one.")
         check_config(logdir, cfg.to_json(), MODEL_KEYS, RECORDED_BEFORE)
         train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], curve, verbose=verbose)
     t_eval = time.time()
@@ -459,8 +464,11 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
             return defaults.get(name) if value is None else value
         return stored[name]
 
-    run_only = {name: getattr(flag_values, name)  # settings of this invocation, never taken from the stored run
-                for name in ("eval_tasks", "eval_seed", "val_tasks", "eval_batch_size", "layout", "jit_compile")}
+    # the evaluation protocol (which tasks, also through the batch size: evaluation.evaluate) is the stored
+    # run's unless a flag gives it, so that validations compare across sessions and --eval_only reproduces
+    # metrics.json; the layout and XLA are this invocation's (speed only)
+    run_only = {name: pick(name) for name in ("eval_tasks", "eval_seed", "val_tasks", "eval_batch_size")}
+    run_only.update({name: getattr(flag_values, name) for name in ("layout", "jit_compile")})
     compute_dtype = pick("compute_dtype") if "compute_dtype" in flag_values else "float32"
     meta_clip_norm = pick("meta_clip_norm") if "meta_clip_norm" in flag_values else 0.0
     if run_only["layout"] is None:  # the preset's layout; bfloat16 needs the batched one
@@ -484,14 +492,35 @@ def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) 
         tf.config.threading.set_intra_op_parallelism_threads(flag_values.intra_op_threads)
     if flag_values.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(flag_values.inter_op_threads)
-    stored = None
     if flag_values.eval_only:
         if not flag_values.logdir:
             raise ValueError("--eval_only needs --logdir, the folder of a trained run.")
         stored = read_config(flag_values.logdir)
-    elif flag_values.logdir and os.path.exists(os.path.join(flag_values.logdir, "config.json")):
+        cfg = config_from_flags(stored)
+        # the network's shape is the run's; other settings (shots, steps, batch norm) may differ on purpose
+        refuse_contradictions(flag_values, flag_values.logdir, stored, cfg, ("model", "num_ways"))
+        return cfg
+    if flag_values.logdir and os.path.exists(os.path.join(flag_values.logdir, "config.json")) \
+            and has_checkpoint(flag_values.logdir):  # (a config.json without a checkpoint is a failed start)
         return resumed_config(flag_values, config_from_flags)
-    return config_from_flags(stored)
+    return config_from_flags(None)
+
+
+def has_checkpoint(logdir: str) -> bool:
+    """Whether ``logdir`` holds a checkpoint to resume from."""
+    return tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) is not None
+
+
+def refuse_contradictions(flag_values, logdir: str, stored: dict, cfg: Config, keys) -> None:
+    """One sentence for a flag given on the command line that contradicts the run stored in ``logdir``."""
+    settings = cfg.to_json()
+    for k in keys:
+        if k not in stored:
+            continue
+        asked = getattr(flag_values, k) if k in flag_values and flag_values[k].present else settings.get(k, stored[k])
+        if asked != stored[k]:
+            raise CheckpointError(f"{logdir} holds a run with {k}={stored[k]!r} but this run asks for {k}={asked!r}; "
+                                  f"use another log directory (--logdir) or the same settings.")
 
 
 def resumed_config(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
@@ -500,12 +529,8 @@ def resumed_config(flag_values, config_from_flags: Callable[[Optional[dict]], Co
     contradicts the run is refused later (:func:`maml_tf.training.check_config`), ``--model`` here."""
     logdir = flag_values.logdir
     stored = {k: v for k, v in read_config(logdir).items() if k != "iterations"}
-    if "model" in flag_values and flag_values["model"].present and flag_values.model != stored.get("model"):
-        raise CheckpointError(f"{logdir} holds a run with model={stored.get('model')!r} but this run asks for "
-                              f"model={flag_values.model!r}; use another --logdir or the same settings.")
     cfg, fresh = config_from_flags(stored), config_from_flags(None)
-    if "val_tasks" in stored and not flag_values["val_tasks"].present:  # validations compared across sessions
-        cfg = dataclasses.replace(cfg, val_tasks=stored["val_tasks"])
+    refuse_contradictions(flag_values, logdir, stored, cfg, MODEL_KEYS)  # before saying it resumes
     adopted = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                if getattr(cfg, f.name) != getattr(fresh, f.name)}
     if adopted:

@@ -60,13 +60,13 @@ def define_run_flags(eval_batch_size: int) -> None:
     flags.DEFINE_float("meta_clip_norm", 0.0,
                        "Clip each meta-gradient to this global norm before Adam (0: no clipping, as the paper). "
                        "Not the paper's protocol; the logdir gets the suffix _clip<value>.")
-    flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.")
+    flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the training tasks.", lower_bound=0)
     flags.DEFINE_string("init_from", None,
                         "The log directory of an earlier run: a new run (in another --logdir) starts from the "
                         "weights of its best-validation checkpoint (else its latest), with a fresh meta-optimizer; "
                         "its iterations count from 0. Ignored when --logdir resumes its own checkpoint.")
     flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
-    flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).")
+    flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).", lower_bound=0)
     flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")
     flags.DEFINE_integer("validate_every", 1000,
                          "Iterations between validations (0: none; the last checkpoint is tested).")

@@ -26,6 +26,7 @@ how to build <data_dir>/images/*.jpg and the split CSVs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 
@@ -37,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
 
 import fewshot_flags  # noqa: E402
-from maml_tf.cli import one_sentence_errors  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
+from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
 
 PRESET = dict(num_inner_steps=5, inner_lr=0.01, num_eval_steps=10, num_query=15)
 META_BATCH = {1: 4, 5: 2}  # paper: 4 for 1-shot, 2 for 5-shot
@@ -59,6 +60,7 @@ flags.DEFINE_bool("fixture", False, "Write a small synthetic mini-ImageNet (data
 flags.DEFINE_string("logdir", None, "Checkpoints, history, metrics.json, figure "
                     "(default results/miniimagenet[_first_order]/<W>way<K>shot).")
 fewshot_flags.define_run_flags(eval_batch_size=10)
+flags.adopt_module_key_flags(fewshot_flags)  # --help lists them with this module's own
 flags.register_multi_flags_validator(
     ["fixture", "data_dir"], lambda f: not (f["fixture"] and f["data_dir"]),
     "--fixture writes its own data; drop --data_dir (or --fixture).")
@@ -74,9 +76,30 @@ def config_from_flags(stored: dict | None = None):
          "eval_num_query": num_shots})
 
 
-def default_logdir(cfg) -> str:
+def default_logdir(cfg, fixture: bool = False) -> str:
+    """results/<dataset>/<setting>; a run on the synthetic fixture goes to the temporary folder instead, so that
+    its numbers never stand in results/ beside the paper's."""
     import fewshot
+    import tempfile
+    if fixture:
+        return os.path.join(tempfile.gettempdir(), "maml_tf_miniimagenet_fixture", cfg.setting + fewshot.variant_suffix(cfg))
     return os.path.join("results", cfg.dataset, cfg.setting + fewshot.variant_suffix(cfg))
+
+
+def check_classes(record: dict, logdir: str, write: bool = True) -> None:
+    """A run resumes and is evaluated on the classes it was made with (its split.json): other data, e.g. the
+    fixture's classes or another copy of the split, would make its numbers meaningless."""
+    import fewshot
+    path = os.path.join(logdir, "split.json")
+    if os.path.exists(path) and fewshot.has_checkpoint(logdir):
+        old = read_json(path)
+        if old.get("classes") != record["classes"] or old.get("fixture", False) != record.get("fixture", False):
+            raise ValueError(f"{logdir} holds a run made on other mini-ImageNet classes (its split.json); pass the "
+                             f"--data_dir (or --fixture) it was made with, or use another --logdir.")
+    if write:
+        os.makedirs(logdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 def load_samplers(cfg, data_dir, use_cache: bool = True):
@@ -106,7 +129,9 @@ def main(argv):
 
     from maml_tf import models, paper
     cfg = fewshot.prepare(FLAGS, config_from_flags)
-    logdir = FLAGS.logdir or default_logdir(cfg)
+    logdir = FLAGS.logdir or default_logdir(cfg, FLAGS.fixture)
+    if FLAGS.fixture and not FLAGS.logdir:
+        print(f"note: a run on the synthetic fixture goes to {logdir} (--logdir to choose)", file=sys.stderr)
     data_dir = FLAGS.data_dir
     if FLAGS.fixture:
         from data.fixtures import make_miniimagenet_fixture
@@ -116,7 +141,11 @@ def main(argv):
                                                                "test": cfg.num_ways},
                                   images_per_class=max(12, need), seed=cfg.seed)
     samplers, split = load_samplers(cfg, data_dir, use_cache=not FLAGS.fixture)
+    split["fixture"] = FLAGS.fixture
+    check_classes(split, logdir, write=not FLAGS.eval_only)
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)
+    if paper_entry and FLAGS.fixture:
+        paper_entry = {**paper_entry, "note": "for the real mini-ImageNet; this run is on synthetic fixture data"}
     command = " ".join(["python", "experiments/miniimagenet.py"] + sys.argv[1:])
     build = lambda: models.miniimagenet_conv(cfg.num_ways, output_init=cfg.output_init)  # noqa: E731
     fewshot.run(cfg, build, samplers, logdir, paper_entry, split, command, eval_only=FLAGS.eval_only)

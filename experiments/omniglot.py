@@ -89,6 +89,7 @@ flags.DEFINE_bool("distinct_characters", False,
 flags.DEFINE_string("logdir", None,
                     "Checkpoints, history, metrics.json, figure (default results/omniglot[_mlp]/<W>way<K>shot).")
 fewshot_flags.define_run_flags(eval_batch_size=100)
+flags.adopt_module_key_flags(fewshot_flags)  # --help lists them with this module's own
 flags.register_validator("num_train_characters", lambda v: v > 0, "--num_train_characters must be a positive integer.")
 flags.register_validator("num_val_characters", lambda v: v >= 0, "--num_val_characters must be >= 0.")
 flags.register_multi_flags_validator(
@@ -140,8 +141,10 @@ def load_splits(cfg):
 def check_split(splits, logdir: str) -> None:
     """A run in ``logdir`` resumes and is evaluated on the character split it was made with (its
     split.json): another split would mix its validation or test characters into training."""
+    import fewshot
+
     path = os.path.join(logdir, "split.json")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not fewshot.has_checkpoint(logdir):  # none, or a start that failed
         return
     old = read_json(path)
     new = splits.to_json()
@@ -183,6 +186,8 @@ def main(argv):
     build = {"conv": lambda: models.omniglot_conv(cfg.num_ways, output_init=cfg.output_init),
              "mlp": lambda: models.mlp_classifier(cfg.num_ways, output_init=cfg.output_init)}[cfg.model]
     paper_entry = paper.CLASSIFICATION.get(cfg.dataset, {}).get(cfg.setting)
+    if paper_entry and cfg.first_order:
+        paper_entry = {**paper_entry, "note": "second-order MAML; the paper gives no first-order Omniglot number"}
     command = " ".join(["python", "experiments/omniglot.py"] + sys.argv[1:])
     fewshot.run(cfg, build, samplers, logdir, paper_entry, split_record(splits, logdir) if not FLAGS.eval_only else {},
                 command, eval_only=FLAGS.eval_only)

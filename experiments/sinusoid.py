@@ -34,7 +34,8 @@ from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
 from maml_tf.cli import machine_info, one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
-from maml_tf.training import check_config, make_checkpoint, make_train_step, restore, train  # noqa: E402
+from maml_tf.training import (CheckpointError, check_config, latest_iteration, make_checkpoint, make_train_step,  # noqa: E402
+                               restore, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("iterations", 70000, "Meta-training iterations (each method gets this many).")
@@ -51,8 +52,9 @@ flags.DEFINE_list("eval_shots", ["5", "10", "20"], "K values to evaluate.")
 flags.DEFINE_integer("eval_tasks", 600, "Number of held-out test tasks.")
 flags.DEFINE_integer("eval_steps", 10, "Fine-tuning steps at test time.")
 flags.DEFINE_integer("eval_query_points", 100, "Held-out points per test task on which MSE is measured.")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation and of the training tasks.")
-flags.DEFINE_integer("eval_seed", 1234, "Seed of the test tasks (the same for every method).")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation and of the training tasks.",
+                     lower_bound=0)
+flags.DEFINE_integer("eval_seed", 1234, "Seed of the test tasks (the same for every method).", lower_bound=0)
 flags.DEFINE_string("logdir", "results/sinusoid", "Checkpoints, TensorBoard logs, metrics.json, figures.")
 flags.DEFINE_bool("eval_only", False, "Only evaluate the checkpoints in --logdir and print the numbers.")
 flags.DEFINE_integer("checkpoint_every", 5000, "Iterations between checkpoints.")
@@ -268,16 +270,20 @@ def config_dict() -> dict:
 MODEL_KEYS = ("seed", "num_shots", "num_inner_steps", "inner_lr", "meta_lr", "first_order", "meta_batch_size")
 
 
+# the test protocol, taken from a stored run like MODEL_KEYS so that --eval_only reproduces its metrics.json
+PROTOCOL_KEYS = ("eval_tasks", "eval_seed", "eval_query_points")
+
+
 def adopt_recorded_settings(logdir: str) -> None:
-    """Where ``logdir`` holds a run (a method's config.json), its MODEL_KEYS that no flag gives are taken
-    from it, so that the same command without them resumes it; a flag that contradicts it is refused
-    (check_config)."""
+    """Where ``logdir`` holds a run (a method's config.json beside a checkpoint), its MODEL_KEYS and
+    PROTOCOL_KEYS that no flag gives are taken from it, so that the same command without them resumes or
+    re-evaluates it; a flag that contradicts it is refused (check_config)."""
     for method in FLAGS.methods:
         path = os.path.join(logdir, method, "config.json")
-        if not os.path.exists(path):
-            continue
+        if not os.path.exists(path) or tf.train.latest_checkpoint(os.path.join(logdir, method, "ckpt")) is None:
+            continue  # no run, or a start that failed before its first checkpoint
         stored = read_json(path)
-        adopted = {k: stored[k] for k in MODEL_KEYS
+        adopted = {k: stored[k] for k in MODEL_KEYS + PROTOCOL_KEYS
                    if k in stored and not FLAGS[k].present and getattr(FLAGS, k) != stored[k]}
         for key, value in adopted.items():
             setattr(FLAGS, key, value)
@@ -290,8 +296,14 @@ def adopt_recorded_settings(logdir: str) -> None:
 @one_sentence_errors
 def main(argv):
     logdir = FLAGS.logdir
+    adopt_recorded_settings(logdir)
     if not FLAGS.eval_only:
-        adopt_recorded_settings(logdir)
+        for method in FLAGS.methods:  # before training any: a short test run must not skip into an old one
+            start = latest_iteration(os.path.join(logdir, method))
+            if FLAGS.iterations < start:
+                raise CheckpointError(f"{os.path.join(logdir, method)} holds a run at iteration {start}, past "
+                                      f"--iterations={FLAGS.iterations}; use another --logdir for a new run, or "
+                                      f"--eval_only to evaluate this one.")
     trained, training = {}, {}
     for method in FLAGS.methods:
         mdir = os.path.join(logdir, method)

@@ -29,8 +29,8 @@ def one_sentence_errors(main):
         except EXPECTED_ERRORS as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            sys.exit(130)
+        except KeyboardInterrupt as e:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
+            sys.exit(128 + getattr(e, "signum", 2))
 
     return wrapped
 

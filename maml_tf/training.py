@@ -86,9 +86,11 @@ def _format_rate(iterations_per_second: float) -> str:
 def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match,
                  recorded_before: Optional[Dict[str, Any]] = None) -> None:
     """Write ``config.json`` on a fresh run; on resume, refuse settings that change the model.
-    ``recorded_before``: the values of settings that a run's config.json may lack (it predates them)."""
+    ``recorded_before``: the values of settings that a run's config.json may lack (it predates them).
+    A ``config.json`` beside no checkpoint (``<logdir>/ckpt``) is that of a start that failed before its
+    first checkpoint: it is replaced."""
     path = os.path.join(logdir, "config.json")
-    if os.path.exists(path):
+    if os.path.exists(path) and tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) is not None:
         with open(path) as f:
             old = {**(recorded_before or {}), **json.load(f)}
         diff = [k for k in keys_that_must_match if k in old and k in config and old[k] != config[k]]
@@ -144,6 +146,15 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkp
     return path
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run ended by a signal after saving its checkpoint; ``signum`` is that signal (the entry points
+    exit with 128 + signum, the shell's convention)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
 class _DeferredInterrupt:
     """Ctrl-C and SIGTERM end a run between iterations, never inside a step (whose optimizer update
     may already be applied), so the checkpoint saved on the way out is exact. A second signal
@@ -153,6 +164,7 @@ class _DeferredInterrupt:
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGINT
         self.previous = {}
 
     def __enter__(self):
@@ -163,8 +175,8 @@ class _DeferredInterrupt:
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum)
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -205,7 +217,8 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
     restored = restore(ckpt, os.path.join(logdir, "ckpt"))
     start = int(ckpt.iteration.numpy())
     if verbose and restored:
-        print(f"[{name}] resumed from {restored} at iteration {start}", flush=True)
+        print(f"[{name}] resumed from {restored} at iteration {start}"
+              + (f"; nothing to train (iterations={iterations})" if start >= iterations else ""), flush=True)
     writer = tf.summary.create_file_writer(os.path.join(logdir, "tb"))
 
     def save(i: int, elapsed: float):
@@ -256,7 +269,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
                 save(i, wall0 + time.time() - t0)
                 print(f"\n[{name}] interrupted at iteration {i}; checkpoint saved, run the same command to resume.",
                       file=sys.stderr, flush=True)
-                raise KeyboardInterrupt
+                raise Interrupted(interrupt.signum)
             if i % checkpoint_every == 0 and i < iterations:
                 save(i, wall0 + time.time() - t0)
     wall = wall0 + time.time() - t0

@@ -74,7 +74,8 @@ flags.DEFINE_enum("batch_by", None, maml_trpo.BATCH_BY, "steps: each step's batc
                   "environment steps per task in whole episodes (the authors' test scripts); episodes: exactly "
                   "rollouts_per_task episodes. Default: the MAML run's setting (episodes if it has none).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
-flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.")
+flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.",
+                     lower_bound=0)
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.mark_flag_as_required("task")
 flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= set(ALL_METHODS),

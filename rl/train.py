@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -129,7 +130,7 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_bool("jit_compile", preset.jit_compile, "Compile the KL curvature products with XLA (speed only; "
                       "the step axes are padded to a few sizes, each compiled once: worth it where the batch shapes "
                       "repeat, as the half-cheetah's do).")
-    flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.")
+    flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.", lower_bound=0)
     flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core; 0: in-process).")
     flags.DEFINE_string("logdir", None, "Checkpoints and logs (default: results/rl/<task>/<method>).")
     flags.DEFINE_integer("checkpoint_every", 1, "Iterations between checkpoints (a crash loses at most this many).")
@@ -350,7 +351,10 @@ def run(task: str) -> None:
     """The ``__main__`` of a task's entry point."""
     if task not in PRESETS:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
+    before = set(FLAGS)
     define_flags(PRESETS[task])
+    for name in sorted(set(FLAGS) - before):  # --help of the task's entry point lists them
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
     @one_sentence_errors
     def main(argv):

@@ -2,7 +2,7 @@
 
     python rl/train_navigation.py [--method=maml|pretrained|oracle] [--iterations=500] [--logdir=...]
 
-All flags and the training code are in rl/train.py (``--helpfull`` lists them).
+All flags and the training code are in rl/train.py (``--help`` lists them).
 """
 
 import os

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data.fixtures import make_miniimagenet_fixture
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "miniimagenet.py"
 
@@ -28,7 +30,8 @@ def test_end_to_end_on_the_fixture(tmp_path):
             "split", "command"} <= set(metrics)
     assert metrics["iterations"] == 2
     assert metrics["test"]["num_tasks"] == 4 and len(metrics["test"]["accuracy"]) == 3
-    assert metrics["paper"] == {"accuracy": 48.70, "ci95": 1.84}
+    assert {k: metrics["paper"][k] for k in ("accuracy", "ci95")} == {"accuracy": 48.70, "ci95": 1.84}
+    assert "synthetic fixture" in metrics["paper"]["note"] and metrics["split"]["fixture"] is True
     config = metrics["config"]
     assert (config["meta_batch_size"], config["inner_lr"], config["eval_num_query"]) == (4, 0.01, 1)  # paper, 1-shot
     assert len(metrics["split"]["classes"]["test"]) == 5
@@ -36,6 +39,11 @@ def test_end_to_end_on_the_fixture(tmp_path):
     assert set(metrics["split"]["csv_sha256_16"]) == {"train", "val", "test"}
     assert all(isinstance(n, int) and n >= 2 for n in metrics["split"]["images_per_class"].values())
     assert (logdir / "learning_curve.png").exists()
+    # the run does not resume (or evaluate) on other data: here a fixture passed as if it were real data
+    other = make_miniimagenet_fixture(tmp_path / "other", classes_per_split={"train": 8, "val": 5, "test": 5},
+                                      images_per_class=12, seed=7)
+    proc = run(f"--data_dir={other}", f"--logdir={logdir}", "--iterations=3")
+    assert proc.returncode == 1 and "holds a run made on other mini-ImageNet classes" in proc.stderr, proc.stderr
 
 
 def test_missing_data_is_one_sentence(tmp_path):

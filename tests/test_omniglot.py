@@ -129,7 +129,12 @@ def test_failed_download_says_how_to_get_the_data(tmp_path, monkeypatch):
                                                 r"file://.*images_background\.zip failed \(.*\); "
                                                 r"download images_background\.zip and "
                                                 r"images_evaluation\.zip from https://github\.com"):
-        load_omniglot(tmp_path / "data", cache_dir=tmp_path / "cache")
+        load_omniglot(tmp_path / "a" / "data", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "a").exists()  # the folders it made for the download are gone again
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FileNotFoundError):
+        load_omniglot(tmp_path / "b", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "b").is_dir()  # one that was there stays
 
 
 def test_download_from_the_canonical_source(fixture_dir, tmp_path, monkeypatch):

@@ -85,6 +85,31 @@ def test_train_resume_evaluate(data_dir, tmp_path):
     again = run("--eval_only", f"--logdir={logdir}", f"--data_dir={data_dir}", *TINY[:3], "--val_tasks=6",
                 "--eval_tasks=10", "--eval_batch_size=5")
     assert "matches" in again.stdout
+    # the evaluation protocol (tasks, seed, batch size, which draws the tasks) is the run's own by default
+    alone = run("--eval_only", f"--logdir={logdir}", f"--data_dir={data_dir}", *TINY[:3])
+    assert "matches" in alone.stdout
+    # a shorter --iterations does not skip into the run and rewrite its results: one sentence
+    before = (logdir / "metrics.json").read_text()
+    short = run(*common, "--iterations=2", check=False)
+    assert short.returncode == 1 and last_line(short.stderr) == (
+        f"error: {logdir} holds a run at iteration 6, past --iterations=2; use another --logdir for a new run, "
+        f"or --eval_only to evaluate this one.")
+    assert (logdir / "metrics.json").read_text() == before
+    # --eval_only refuses a network of another shape in one sentence (not a shape error from TensorFlow)
+    other = run("--eval_only", f"--logdir={logdir}", f"--data_dir={data_dir}", *TINY[:3], "--num_ways=3",
+                check=False)
+    assert other.returncode == 1 and "holds a run with num_ways=5 but this run asks for num_ways=3" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_bind_the_next(data_dir, tmp_path):
+    logdir = tmp_path / "run"
+    failed = run(f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY, "--iterations=2",
+                 f"--init_from={tmp_path / 'nowhere'}", check=False)
+    assert failed.returncode == 1 and (logdir / "config.json").exists()  # written before init_from was read
+    fixed = run(f"--data_dir={data_dir}", f"--logdir={logdir}", *TINY, "--iterations=2")
+    assert "test accuracy" in fixed.stdout
+    assert json.loads((logdir / "config.json").read_text())["init_from"] is None
 
 
 def test_logdir_alone_resumes_a_run_with_its_own_settings(data_dir, tmp_path):
@@ -191,6 +216,9 @@ def test_distinct_characters_is_part_of_the_run(data_dir, tmp_path):
 @pytest.mark.parametrize("mode", [["--eval_only"], ["--iterations=2"]])
 def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
     (tmp_path / "config.json").write_text('{"num_ways": 5,')
+    (tmp_path / "ckpt").mkdir()  # a run: a checkpoint beside it (without one, a config.json is a failed start's)
+    (tmp_path / "ckpt" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    (tmp_path / "ckpt" / "ckpt-1.index").write_bytes(b"")
     proc = run(f"--data_dir={data_dir}", f"--logdir={tmp_path}", *TINY[:3], *mode, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert last_line(proc.stderr).startswith("error: ") and "config.json is not valid JSON" in proc.stderr

@@ -42,6 +42,23 @@ def test_small_run_writes_metrics_and_is_deterministic(tmp_path):
     re = run(*SMALL, "--eval_only", f"--logdir={a}")
     assert re.returncode == 0, re.stderr[-2000:]
     assert f"matches {a / 'metrics.json'}" in re.stdout
+    # a shorter --iterations does not skip into the run and rewrite its results
+    short = run(*SMALL[1:], "--iterations=10", f"--logdir={a}")
+    assert short.returncode == 1 and short.stderr.strip().splitlines()[-1].startswith(
+        f"error: {a / 'maml'} holds a run at iteration 40, past --iterations=10;")
+
+
+def test_eval_only_takes_the_runs_own_settings(tmp_path):
+    """--eval_only re-evaluates with the inner learning rate (and test protocol) the run was made with."""
+    a = tmp_path / "a"
+    args = ["--iterations=20", "--eval_steps=1", "--eval_shots=5", "--log_every=20", "--checkpoint_every=20",
+            "--methods=maml"]
+    ra = run(*args, "--inner_lr=0.02", "--eval_tasks=20", f"--logdir={a}")
+    assert ra.returncode == 0, ra.stderr[-2000:]
+    re = run(*args, "--eval_only", f"--logdir={a}")
+    assert re.returncode == 0, re.stderr[-2000:]
+    assert "inner_lr=0.02" in re.stdout and "eval_tasks=20" in re.stdout
+    assert f"matches {a / 'metrics.json'}" in re.stdout
 
 
 @pytest.mark.parametrize("flag", ["--inner_lr=-0.1", "--num_shots=0", "--meta_batch_size=0", "--methods=maml,foo",
