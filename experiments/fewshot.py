@@ -34,8 +34,8 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import machine_info, read_json
 from maml_tf.functional import batch_norm_weights, get_weights
-from maml_tf.training import (CheckpointError, check_config, latest_iteration, make_checkpoint, make_train_step,
-                               restore, train)
+from maml_tf.training import (CheckpointError, check_config, has_checkpoint, latest_iteration, make_checkpoint,
+                               make_train_step, restore, train)
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
@@ -504,11 +504,6 @@ def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) 
             and has_checkpoint(flag_values.logdir):  # (a config.json without a checkpoint is a failed start)
         return resumed_config(flag_values, config_from_flags)
     return config_from_flags(None)
-
-
-def has_checkpoint(logdir: str) -> bool:
-    """Whether ``logdir`` holds a checkpoint to resume from."""
-    return tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) is not None
 
 
 def refuse_contradictions(flag_values, logdir: str, stored: dict, cfg: Config, keys) -> None:

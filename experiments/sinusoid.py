@@ -34,8 +34,8 @@ from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
 from maml_tf.cli import machine_info, one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
-from maml_tf.training import (CheckpointError, check_config, latest_iteration, make_checkpoint, make_train_step,  # noqa: E402
-                               restore, train)
+from maml_tf.training import (CheckpointError, check_config, has_checkpoint, latest_iteration,  # noqa: E402
+                               make_checkpoint, make_train_step, restore, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("iterations", 70000, "Meta-training iterations (each method gets this many).")
@@ -280,7 +280,7 @@ def adopt_recorded_settings(logdir: str) -> None:
     re-evaluates it; a flag that contradicts it is refused (check_config)."""
     for method in FLAGS.methods:
         path = os.path.join(logdir, method, "config.json")
-        if not os.path.exists(path) or tf.train.latest_checkpoint(os.path.join(logdir, method, "ckpt")) is None:
+        if not os.path.exists(path) or not has_checkpoint(os.path.join(logdir, method)):
             continue  # no run, or a start that failed before its first checkpoint
         stored = read_json(path)
         adopted = {k: stored[k] for k in MODEL_KEYS + PROTOCOL_KEYS

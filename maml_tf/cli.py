@@ -11,7 +11,7 @@ import json
 import sys
 import zipfile
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, zipfile.BadZipFile,
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, zipfile.BadZipFile,
                    FloatingPointError)  # maml_tf.training.CheckpointError is a ValueError
 
 

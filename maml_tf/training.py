@@ -90,7 +90,7 @@ def check_config(logdir: str, config: Dict[str, Any], keys_that_must_match,
     A ``config.json`` beside no checkpoint (``<logdir>/ckpt``) is that of a start that failed before its
     first checkpoint: it is replaced."""
     path = os.path.join(logdir, "config.json")
-    if os.path.exists(path) and tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) is not None:
+    if os.path.exists(path) and has_checkpoint(logdir):
         with open(path) as f:
             old = {**(recorded_before or {}), **json.load(f)}
         diff = [k for k in keys_that_must_match if k in old and k in config and old[k] != config[k]]
@@ -120,6 +120,12 @@ def make_checkpoint(model: keras.Model, optimizer: Optional[keras.optimizers.Opt
             setattr(holder, key, variable)
         state["learner_state"] = holder
     return tf.train.Checkpoint(**state)
+
+
+def has_checkpoint(logdir: str) -> bool:
+    """Whether ``<logdir>/ckpt`` holds a checkpoint to resume from (a ``config.json`` without one is that of a
+    start that failed before its first checkpoint)."""
+    return os.path.isdir(logdir) and tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) is not None
 
 
 def latest_iteration(logdir: str) -> int:

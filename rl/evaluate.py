@@ -62,12 +62,13 @@ ALL_METHODS = ("maml", "pretrained", "random", "oracle")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", None, sorted(PRESETS), "Which RL experiment to evaluate.")
-flags.DEFINE_string("logdir", None, "Where the methods' runs are (default: results/rl/<task>).")
+flags.DEFINE_string("logdir", None, "The folder holding the methods' runs as maml/, pretrained/, oracle/ (the "
+                    "parent of a training run's --logdir; default: results/rl/<task>).")
 flags.DEFINE_list("methods", list(ALL_METHODS), "Methods to evaluate: a subset of maml,pretrained,random,oracle.")
 flags.DEFINE_integer("num_tasks", 40, "Test tasks.")
 flags.DEFINE_integer("steps", 3, "Policy-gradient steps at test time.")
 flags.DEFINE_integer("rollouts_per_task", None, "Rollouts per task for each step (default: the authors' test "
-                     "protocol, 4000 environment steps: 40 for navigation, 20 for locomotion).")
+                     "protocol: 40 for navigation and ant direction, 20 for the other locomotion tasks).")
 flags.DEFINE_float("test_lr", None, "First test step size for every method (default: per method, TEST_PROTOCOL); "
                    "later steps use the protocol's fraction of it.")
 flags.DEFINE_enum("batch_by", None, maml_trpo.BATCH_BY, "steps: each step's batch is at least rollouts x horizon "
@@ -176,18 +177,38 @@ def figure(task: str, results: dict, path: str) -> None:
 def main(argv):
     task, preset = FLAGS.task, PRESETS[FLAGS.task]
     logdir = FLAGS.logdir or os.path.join("results", "rl", task)
-    maml_run = run_settings(logdir, "maml")
+    if os.path.isfile(logdir):
+        raise NotADirectoryError(f"--logdir={logdir} is a file, not the folder of a task's runs.")
+    own = recorded_config(logdir)
+    if own.get("method"):
+        raise ValueError(f"{logdir} is one {own['method']} run; pass its parent folder (--logdir), which holds "
+                         f"the methods' runs as maml/, pretrained/, oracle/.")
+    runs = {m: run_settings(logdir, m) for m in ("maml", "pretrained", "oracle")}
+    for method, settings in runs.items():
+        if settings.get("task", task) != task:
+            raise ValueError(f"{os.path.join(logdir, method)} is a {settings['task']!r} run, not {task!r}; pass "
+                             f"--task={settings['task']} or the folder of {task!r} runs.")
+    trained = [m for m in ("maml", "pretrained", "oracle") if runs[m]]
+    if not trained and not FLAGS["methods"].present:
+        raise FileNotFoundError(f"No trained run in {logdir} (it has no maml/, pretrained/ or oracle/ run); "
+                                f"pass the folder of a task's runs, or --methods=random to evaluate only a random "
+                                f"initialisation.")
+    maml_run = runs["maml"]
+    # every method's test batches as the MAML run's were (its horizon and batch mode), else the first trained
+    # baseline's
+    first_run = maml_run or next((runs[m] for m in trained), {})
     maml_lr = maml_run.get("inner_lr", preset.inner_lr)
-    horizon = maml_run.get("horizon", preset.horizon)
+    horizon = first_run.get("horizon", preset.horizon)
     rollouts = FLAGS.rollouts_per_task or TEST_PROTOCOL[task].rollouts
-    batch_by = FLAGS.batch_by or maml_run.get("batch_by", "episodes")
+    batch_by = FLAGS.batch_by or first_run.get("batch_by", "episodes")
+
     lrs = {m: step_sizes(task, m, maml_lr, FLAGS.steps) for m in FLAGS.methods}
     t0 = time.time()
     results, training, skipped = {}, {}, []
     tasks = None
     # Each trained method runs on the env it was trained on (its config.json), the random initialisation
     # on MAML's; the preset's ids where no run says otherwise.
-    recorded = {m: run_settings(logdir, m).get("env_id") for m in ("maml", "pretrained", "oracle")}
+    recorded = {m: runs[m].get("env_id") for m in ("maml", "pretrained", "oracle")}
     recorded["random"] = recorded["maml"] or recorded["pretrained"]
     defaults = {"oracle": preset.oracle_env_id}
     env_ids = {m: e or defaults.get(m, preset.env_id) for m, e in recorded.items()}

@@ -187,7 +187,11 @@ class _EnvGroup:
 
 
 def _worker_main(conn, env_class: type, env_kwargs: dict, info_keys: tuple) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
+    # The parent handles Ctrl-C and SIGTERM (finishing its iteration and saving a checkpoint) and closes us; a
+    # signal sent to the whole process group (kill -- -pgid, Slurm, systemd) must not end us mid-sampling.
+    # Should the parent die, recv() sees EOF and we exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     group = _EnvGroup(env_class, env_kwargs, info_keys)
     conn.send(("ok", None))
     while True:
@@ -496,8 +500,8 @@ class Sampler:
                 pass
         for proc in self._procs:
             proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.is_alive():  # (it ignores SIGTERM: see _worker_main)
+                proc.kill()
                 proc.join(timeout=5)
         for conn in self._conns:
             conn.close()

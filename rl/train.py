@@ -45,7 +45,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
-from maml_tf.training import check_config, latest_iteration, train  # noqa: E402
+from maml_tf.training import check_config, has_checkpoint, latest_iteration, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
 
@@ -300,7 +300,24 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
 def train_task(task: str) -> dict:
     s = settings(task)
     logdir = s["logdir"]
-    recorded = recorded_config(logdir)
+    if os.path.isfile(logdir):
+        raise NotADirectoryError(f"--logdir={logdir} is a file, not a run's folder.")
+    if s["method"] != "maml":
+        for key in ("first_order", "inner_lr"):
+            if FLAGS[key].present:
+                raise ValueError(f"--{key} applies to --method=maml only (the {s['method']} baseline has no inner "
+                                 f"step).")
+    if FLAGS["hvp_subsample"].present and s["curvature"] != "gauss_newton":
+        raise ValueError(f"--hvp_subsample applies to --curvature=gauss_newton only; --curvature={s['curvature']} "
+                         f"uses every rollout.")
+    # a config.json beside no checkpoint is that of a start that failed: it binds nothing
+    recorded = recorded_config(logdir) if has_checkpoint(logdir) else {}
+    start = latest_iteration(logdir)
+    iterations = s["iterations"] if FLAGS["iterations"].present else current_settings(recorded).get(
+        "iterations", s["iterations"])  # (a resume without --iterations keeps the run's)
+    if iterations < start:
+        raise ValueError(f"{logdir} holds a run at iteration {start}, past --iterations={iterations}; pass a "
+                         f"larger --iterations to extend it, or another --logdir for a new run.")
     for key, (then, what) in PREDATING_DEFAULTS.items():
         if recorded and key not in recorded:
             if FLAGS[key].present and FLAGS[key].value != then:
@@ -310,7 +327,6 @@ def train_task(task: str) -> dict:
     name = f"{task}/{s['method']}"
     _adopt_recorded(name, logdir, s, recorded)
     check_config(logdir, s, MODEL_KEYS)
-    start = latest_iteration(logdir)
     if recorded:
         _resume_settings(name, logdir, s, recorded, start)
     config = learner_config(s)

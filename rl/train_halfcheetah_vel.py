@@ -10,7 +10,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
-from rl import train  # noqa: E402
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # (imported here: the sampler's worker processes re-import this file, and
+    from rl import train  # need no TensorFlow)
     train.run("halfcheetah_vel")

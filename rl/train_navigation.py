@@ -1,6 +1,6 @@
 """MAML-TRPO meta-training, 2D navigation (paper section 5.3): meta-batch 20, horizon 100.
 
-    python rl/train_navigation.py [--method=maml|pretrained|oracle] [--iterations=500] [--logdir=...]
+    python rl/train_navigation.py [--method=maml|pretrained|oracle] [--iterations=100] [--logdir=...]
 
 All flags and the training code are in rl/train.py (``--help`` lists them).
 """
@@ -10,7 +10,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
-from rl import train  # noqa: E402
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # (imported here: the sampler's worker processes re-import this file, and
+    from rl import train  # need no TensorFlow)
     train.run("navigation")

@@ -181,7 +181,9 @@ def test_resume_is_exact_with_the_previous_task_baseline(tmp_path):
 
 
 def test_a_corrupt_config_of_a_run_is_one_sentence(tmp_path):
-    (tmp_path / "maml").mkdir()
+    (tmp_path / "maml" / "ckpt").mkdir(parents=True)  # a run (without a checkpoint it is a failed start's)
+    (tmp_path / "maml" / "ckpt" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    (tmp_path / "maml" / "ckpt" / "ckpt-1.index").write_bytes(b"")
     (tmp_path / "maml" / "config.json").write_text("{oops")
     r = run("rl/train_navigation.py", *TINY, "--iterations=1", f"--logdir={tmp_path / 'maml'}")
     assert r.returncode == 1 and "Traceback" not in r.stderr
@@ -192,6 +194,36 @@ def test_evaluating_a_missing_run_is_one_sentence(tmp_path):
     r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml", "--num_workers=0")
     assert r.returncode == 1
     assert last_line(r.stderr).startswith("error: No maml checkpoint in")
+    # without --methods: no silent random-only evaluation of a folder with no runs
+    r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path / 'typo'}", "--num_workers=0")
+    assert r.returncode == 1 and last_line(r.stderr).startswith(f"error: No trained run in {tmp_path / 'typo'}")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_bad_run_folders_and_flags_are_one_sentence(tmp_path):
+    trained = run("rl/train_navigation.py", *TINY, "--iterations=2", "--horizon=10", f"--logdir={tmp_path / 'maml'}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    config = (tmp_path / "maml" / "config.json").read_text()
+    cases = [  # (script, args, the error's start)
+        ("rl/train_navigation.py", [*TINY, "--iterations=1", f"--logdir={tmp_path / 'maml'}"],
+         f"error: {tmp_path / 'maml'} holds a run at iteration 2, past --iterations=1;"),
+        ("rl/evaluate.py", ["--task=navigation", f"--logdir={tmp_path / 'maml'}", "--num_workers=0"],
+         f"error: {tmp_path / 'maml'} is one maml run; pass its parent folder"),
+        ("rl/evaluate.py", ["--task=halfcheetah_vel", f"--logdir={tmp_path}", "--num_workers=0"],
+         f"error: {tmp_path / 'maml'} is a 'navigation' run, not 'halfcheetah_vel';"),
+        ("rl/train_navigation.py", [*TINY, "--method=pretrained", "--first_order", f"--logdir={tmp_path / 'p'}"],
+         "error: --first_order applies to --method=maml only"),
+        ("rl/train_navigation.py", [*TINY, "--curvature=exact", "--hvp_subsample=0.5", f"--logdir={tmp_path / 'e'}"],
+         "error: --hvp_subsample applies to --curvature=gauss_newton only"),
+    ]
+    (tmp_path / "afile").write_text("")
+    cases.append(("rl/train_navigation.py", [*TINY, f"--logdir={tmp_path / 'afile'}"],
+                  f"error: --logdir={tmp_path / 'afile'} is a file"))
+    for script, args, message in cases:
+        r = run(script, *args)
+        assert r.returncode == 1 and last_line(r.stderr).startswith(message), (args, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr
+    assert (tmp_path / "maml" / "config.json").read_text() == config  # the refused resume changed nothing
 
 
 def test_half_cheetah_trains_on_the_authors_env_and_evaluate_follows_the_runs_env(tmp_path):
@@ -233,3 +265,27 @@ def test_a_run_recorded_before_jit_compile_resumes_without_it_unless_told(tmp_pa
     assert "resuming at iteration 2 with jit_compile=True (the run so far: False)" in told.stdout
     assert json.loads((logdir / "config.json").read_text())["changes"] == [{"from_iteration": 2, "jit_compile": True}]
     assert json.loads((logdir / "training.json").read_text())["settings"]["jit_compile"] is True
+
+
+def test_sigterm_to_the_process_group_saves_like_ctrl_c(tmp_path):
+    """Slurm, systemd and ``kill -- -pgid`` signal the whole group, sampler workers included: the run
+    finishes its iteration, saves it and exits 128 + 15 (tests/test_sampler.py: the workers outlive it)."""
+    import signal
+    import time
+    logdir = tmp_path / "maml"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "rl/train_navigation.py"), "--meta_batch_size=2",
+                             "--rollouts_per_task=2", "--num_workers=2", "--iterations=1000", "--checkpoint_every=1000",
+                             "--log_every=1", f"--logdir={logdir}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:  # until the first iteration is done
+            if "1/1000" in line:
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted at iteration" in err and "Traceback" not in err
+    assert any(p.name.endswith(".index") for p in (logdir / "ckpt").iterdir())

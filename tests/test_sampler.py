@@ -259,3 +259,25 @@ def test_sampler_fast_path_gives_the_episodes_of_the_per_env_path(env_id, act_di
         np.testing.assert_array_equal(getattr(out[0], field), getattr(out[1], field))
     if env_id.startswith("maml_tf/Ant"):
         assert (out[0].lengths < horizon).any()
+
+
+def test_workers_outlive_a_sigterm_to_the_process_group_and_still_close():
+    """``kill -- -pgid`` (Slurm, systemd) signals the workers too: they ignore SIGTERM, so the parent, which
+    finishes its iteration and saves first, can still sample; close() then ends them (SIGKILL if need be)."""
+    import os
+    import signal
+    import time
+    sampler = Sampler(NAV, num_workers=2, horizon=5)
+    try:
+        pids = sampler.worker_pids
+        tasks = sampler.sample_tasks(2, np.random.default_rng(0))
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        episodes = sampler.sample(tasks, gaussian_policy(2, seed=0), rollouts_per_task=2, seed=1)
+        assert episodes.obs.shape[:2] == (2, 2)
+    finally:
+        sampler.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
