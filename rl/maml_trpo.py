@@ -443,7 +443,7 @@ class MAMLTRPO:
         self.policy_fn = policies.make_policy_fn(model)
         self.last_metrics: dict = {}
         # With baseline="previous_task", the baseline fitted on one batch gives the first task of the next
-        # its values; training checkpoints these variables (``state``) so that a resume is exact.
+        # its values; training checkpoints these variables (``state``) so that a resume continues with them.
         self.state: dict = {}
         if config.baseline == "previous_task":
             self.state = {"baseline_weights": tf.Variable(tf.zeros([2 * sampler.obs_dim + 4], tf.float64),

@@ -338,7 +338,10 @@ def train_task(task: str) -> dict:
 
         def batch_for_iteration(i: int) -> maml_trpo.IterationBatch:
             counter["i"] = i
-            rng = np.random.default_rng([s["seed"], i])  # depends only on the iteration: exact resume
+            # depends only on the iteration, so a resumed run draws the same tasks and rollout seeds; its values
+            # may still drift from an uninterrupted run's: the first iteration after a resume runs on a newly traced
+            # graph with static shapes where the running one had relaxed them (float rounding), and RL amplifies that
+            rng = np.random.default_rng([s["seed"], i])
             return maml_trpo.IterationBatch(sampler.sample_tasks(s["meta_batch_size"], rng, s["stratified_tasks"]),
                                            iteration_seed(s["seed"], i))
 

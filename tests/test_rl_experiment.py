@@ -271,7 +271,6 @@ def test_sigterm_to_the_process_group_saves_like_ctrl_c(tmp_path):
     """Slurm, systemd and ``kill -- -pgid`` signal the whole group, sampler workers included: the run
     finishes its iteration, saves it and exits 128 + 15 (tests/test_sampler.py: the workers outlive it)."""
     import signal
-    import time
     logdir = tmp_path / "maml"
     proc = subprocess.Popen([sys.executable, str(ROOT / "rl/train_navigation.py"), "--meta_batch_size=2",
                              "--rollouts_per_task=2", "--num_workers=2", "--iterations=1000", "--checkpoint_every=1000",

@@ -119,5 +119,5 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     r = run("--iterations=%d" % (saved + 50), "--methods=maml", "--checkpoint_every=100", "--log_every=50",
             "--eval_tasks=10", "--eval_shots=5", "--eval_steps=1", f"--logdir={tmp_path}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resumed from" in r.stdout and f"at iteration {saved}" in r.stdout
+    assert "resumed from" in r.stdout and f"at iteration {saved}" in r.stdout
     assert json.loads((tmp_path / "metrics.json").read_text())["iterations"] == saved + 50
