@@ -152,6 +152,8 @@ class Config:
             raise ValueError(f"hvp_subsample must be in (0, 1], got {self.hvp_subsample}.")
         if self.min_curvature_rollouts < 1:
             raise ValueError(f"min_curvature_rollouts must be at least 1, got {self.min_curvature_rollouts}.")
+        if self.cg_iterations < 1:
+            raise ValueError(f"cg_iterations must be at least 1, got {self.cg_iterations}.")
         if self.rollouts_per_task < 1 or self.max_kl <= 0 or self.inner_lr < 0:
             raise ValueError("rollouts_per_task and max_kl must be positive and inner_lr non-negative.")
         if self.baseline not in BASELINES:

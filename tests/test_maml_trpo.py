@@ -328,3 +328,5 @@ def test_config_refuses_the_batched_layout():
     with pytest.raises(ValueError, match=r"layout must be one of \('vectorized', 'loop'\), got 'batched'"):
         maml_trpo.Config(layout="batched")
     assert maml_trpo.Config(layout="loop").layout == "loop"
+    with pytest.raises(ValueError, match="cg_iterations must be at least 1, got 0"):
+        maml_trpo.Config(cg_iterations=0)  # (the flag refused it; the Python API ran TRPO without a CG step)

@@ -47,6 +47,9 @@ The README's "Your own task family" is a complete example.
 
 from __future__ import annotations
 
+import inspect
+import numbers
+
 import gymnasium as gym
 
 from rl.envs.locomotion import AntDirEnv, AntVelEnv, HalfCheetahDirEnv, HalfCheetahVelEnv
@@ -92,7 +95,7 @@ def register(env_id: str, env_class: type, horizon: int, **kwargs) -> None:
     Registering an id again with the same class, horizon and kwargs does nothing; with others it is refused."""
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}.")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+    if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}.")
     family = getattr(env_class, "family", None)
     needs = [name for name in ("sample_tasks", "set_task") if not callable(getattr(env_class, name, None))]
@@ -100,7 +103,11 @@ def register(env_id: str, env_class: type, horizon: int, **kwargs) -> None:
     if not isinstance(env_class, type) or needs:
         raise ValueError(f"{getattr(env_class, '__name__', env_class)!r} is not a task environment class: it lacks "
                          f"{', '.join(needs) or 'being a class'} (derive from rl.envs.tasks.TaskEnvMixin and set family).")
-    spec = (env_class, horizon, dict(kwargs))
+    try:  # kwargs the constructor cannot take fail here, not later in a sampler's worker
+        inspect.signature(env_class).bind(task=None, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"{env_class.__name__}(task=None, **{kwargs}) does not fit its constructor: {e}.") from e
+    spec = (env_class, int(horizon), dict(kwargs))
     if env_id in _SPECS:
         if _SPECS[env_id] != spec:
             raise ValueError(f"{env_id!r} is already registered as {_SPECS[env_id][0].__name__} (horizon "
@@ -109,7 +116,7 @@ def register(env_id: str, env_class: type, horizon: int, **kwargs) -> None:
     if env_id in gym.registry:
         raise ValueError(f"{env_id!r} is already a gymnasium id; choose another id.")
     _SPECS[env_id] = spec
-    gym.register(id=env_id, entry_point=env_class, max_episode_steps=horizon, kwargs=dict(kwargs))
+    gym.register(id=env_id, entry_point=env_class, max_episode_steps=int(horizon), kwargs=dict(kwargs))
 
 
 def spec(env_id: str) -> tuple:
