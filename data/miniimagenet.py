@@ -53,7 +53,7 @@ MINIIMAGENET_HOWTO = (
     "use): obtain ImageNet access at image-net.org, build the 84x84 images with the instructions in "
     "Ravi & Larochelle's repository (github.com/twitter/meta-learning-lstm, or the MAML authors' "
     "github.com/cbfinn/maml, data/miniImagenet), and put them in <data_dir>/images/ next to "
-    "train.csv, val.csv and test.csv")
+    "train.csv, val.csv and test.csv (experiments/miniimagenet.py --fixture runs the pipeline on synthetic data)")
 _CACHE_VERSION = 1
 
 

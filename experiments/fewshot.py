@@ -436,13 +436,19 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
         if os.path.exists(path):
             with open(path) as f:
                 stored = json.load(f)
+            stored_config = {**RECORDED_BEFORE, **stored.get("config", {})}
             same_protocol = (stored.get("test", {}).get("num_tasks") == test["num_tasks"]
                              and stored.get("transductive_bn") == cfg.transductive_bn
-                             and {**RECORDED_BEFORE, **stored.get("config", {})}["distinct_characters"] == cfg.distinct_characters
+                             and stored_config["distinct_characters"] == cfg.distinct_characters
+                             and all(stored_config.get(k, getattr(cfg, k)) == getattr(cfg, k)
+                                     for k in ("eval_seed", "eval_batch_size", "eval_num_query", "num_shots"))
                              and len(stored.get("test", {}).get("accuracy", [])) == len(test["accuracy"]))
             if same_protocol:
                 same = np.allclose(stored["test"]["accuracy"], test["accuracy"], atol=0.02)
                 print(f"\n{'matches' if same else 'DIFFERS FROM'} {path}")
+            else:
+                print(f"\n(another protocol than {path}'s: not compared)")
+        print("(--eval_only writes nothing)")
         return metrics
     with open(path, "w") as f:
         json.dump(metrics, f, indent=2)

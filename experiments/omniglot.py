@@ -30,8 +30,10 @@ which has no clipping; logdir suffix _clipC). history.jsonl records the meta-gra
 and largest over each --log_every window, before any clipping).
 
 Writes <logdir>/metrics.json (default logdir results/omniglot/<W>way<K>shot, results/omniglot_mlp/...
-for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), checkpoints in
-<logdir>/ckpt (latest) and <logdir>/best (best validation accuracy, used for the test).
+for the MLP), <logdir>/learning_curve.png, <logdir>/split.json (the character lists), <logdir>/config.json
+(the run's settings, checked on resume), <logdir>/history.jsonl (training and validation curves),
+TensorBoard scalars in <logdir>/tb, checkpoints in <logdir>/ckpt (latest) and <logdir>/best (best
+validation accuracy, used for the test). --eval_only writes nothing.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per C
 flags.mark_flag_as_required("task")
 flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= set(ALL_METHODS),
                          "--methods takes a comma-separated subset of maml,pretrained,random,oracle.")
-flags.register_validator("num_tasks", lambda v: v > 0, "--num_tasks must be positive.")
+flags.register_validator("num_tasks", lambda v: v > 1, "--num_tasks must be at least 2 (a standard error needs two).")
 flags.register_validator("rollouts_per_task", lambda v: v is None or v > 0, "--rollouts_per_task must be positive.")
 flags.register_validator("steps", lambda v: v >= 0, "--steps must be >= 0.")
 flags.register_validator("test_lr", lambda v: v is None or v > 0, "--test_lr must be positive.")
@@ -139,7 +139,7 @@ def load_policy(logdir: str, method: str, sampler: Sampler):
 def summarize(per_task: np.ndarray) -> dict:
     n = per_task.shape[0]
     return {"returns": per_task.mean(axis=0).tolist(),
-            "stderr": (per_task.std(axis=0, ddof=1) / np.sqrt(n)).tolist() if n > 1 else [0.0] * per_task.shape[1],
+            "stderr": (per_task.std(axis=0, ddof=1) / np.sqrt(n)).tolist(),
             "num_tasks": int(n)}
 
 
