@@ -255,17 +255,15 @@ def current_settings(recorded: dict) -> dict:
     return current
 
 
-def _adopt_recorded(name: str, logdir: str, s: dict, recorded: dict) -> None:
+def _adopt_recorded(s: dict, recorded: dict) -> dict:
     """Where ``logdir`` holds a run (``recorded``, its config.json), take its ADOPTED_KEYS where no flag
     gives them (so that a run trained with, say, --inner_lr=0.3 resumes with it, not with the preset's
-    value); announce those that differ from the flags' defaults."""
+    value); returns those that differ from the flags' defaults, to announce once the resume is accepted."""
     adopted = {}
     for key in ADOPTED_KEYS:
         if key in recorded and not FLAGS[key].present and s[key] != recorded[key]:
             s[key] = adopted[key] = recorded[key]
-    if adopted:
-        said = ", ".join(f"{k}={v!r}" for k, v in adopted.items())
-        print(f"[{name}] resuming with the run's own {said} (from {os.path.join(logdir, 'config.json')})", flush=True)
+    return adopted
 
 
 def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int) -> None:
@@ -325,8 +323,11 @@ def train_task(task: str) -> dict:
                                  f"resume it without --{key} or use another --logdir.")
             s[key] = then  # what the run was trained with
     name = f"{task}/{s['method']}"
-    _adopt_recorded(name, logdir, s, recorded)
+    adopted = _adopt_recorded(s, recorded)
     check_config(logdir, s, MODEL_KEYS)
+    if adopted:
+        said = ", ".join(f"{k}={v!r}" for k, v in adopted.items())
+        print(f"[{name}] resuming with the run's own {said} (from {os.path.join(logdir, 'config.json')})", flush=True)
     if recorded:
         _resume_settings(name, logdir, s, recorded, start)
     config = learner_config(s)
