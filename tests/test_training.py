@@ -1,5 +1,6 @@
 """The meta-training loop: exact resume, incompatible checkpoints, divergence."""
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,8 +63,13 @@ def test_checkpoint_of_another_model_is_refused_in_one_sentence(tmp_path):
 
 def test_changed_settings_are_refused(tmp_path):
     check_config(str(tmp_path), {"inner_lr": 0.01, "eval_tasks": 600}, ["inner_lr"])
-    check_config(str(tmp_path), {"inner_lr": 0.01, "eval_tasks": 100}, ["inner_lr"])  # eval settings may change
-    with pytest.raises(CheckpointError, match="inner_lr=0.01 but this run asks for inner_lr=0.1"):
+    # no checkpoint yet: the config.json of a start that failed binds nothing and is replaced
+    check_config(str(tmp_path), {"inner_lr": 0.02}, ["inner_lr"])
+    assert json.loads((tmp_path / "config.json").read_text()) == {"inner_lr": 0.02}
+    model, opt, step, batch_for = setup()  # a run: a checkpoint beside its config.json
+    train(model, opt, step, batch_for, 1, str(tmp_path), verbose=False)
+    check_config(str(tmp_path), {"inner_lr": 0.02, "eval_tasks": 100}, ["inner_lr"])  # eval settings may change
+    with pytest.raises(CheckpointError, match="inner_lr=0.02 but this run asks for inner_lr=0.1"):
         check_config(str(tmp_path), {"inner_lr": 0.1}, ["inner_lr"])
 
 
