@@ -34,8 +34,8 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import machine_info, read_json
 from maml_tf.functional import batch_norm_weights, get_weights
-from maml_tf.training import (CheckpointError, check_config, has_checkpoint, latest_iteration, make_checkpoint,
-                               make_train_step, restore, train)
+from maml_tf.training import (CheckpointError, check_config, check_iterations, has_checkpoint, latest_iteration,
+                               make_checkpoint, make_train_step, restore, train)
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
@@ -386,10 +386,7 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     curve = make_curve(model, *task_losses(model, cfg), cfg)
     train_result = None
     if not eval_only:
-        start = latest_iteration(logdir)
-        if cfg.iterations < start:
-            raise CheckpointError(f"{logdir} holds a run at iteration {start}, past --iterations={cfg.iterations}; "
-                                  f"use another --logdir for a new run, or --eval_only to evaluate this one.")
+        check_iterations(logdir, cfg.iterations)
         check_config(logdir, cfg.to_json(), MODEL_KEYS, RECORDED_BEFORE)
         train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], curve, verbose=verbose)
     t_eval = time.time()

@@ -34,8 +34,8 @@ from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
 from maml_tf.cli import machine_info, one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
-from maml_tf.training import (CheckpointError, check_config, has_checkpoint, latest_iteration,  # noqa: E402
-                               make_checkpoint, make_train_step, restore, train)
+from maml_tf.training import (check_config, check_iterations, has_checkpoint, make_checkpoint,  # noqa: E402
+                               make_train_step, restore, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("iterations", 70000, "Meta-training iterations (each method gets this many).")
@@ -299,11 +299,7 @@ def main(argv):
     adopt_recorded_settings(logdir)
     if not FLAGS.eval_only:
         for method in FLAGS.methods:  # before training any: a short test run must not skip into an old one
-            start = latest_iteration(os.path.join(logdir, method))
-            if FLAGS.iterations < start:
-                raise CheckpointError(f"{os.path.join(logdir, method)} holds a run at iteration {start}, past "
-                                      f"--iterations={FLAGS.iterations}; use another --logdir for a new run, or "
-                                      f"--eval_only to evaluate this one.")
+            check_iterations(os.path.join(logdir, method), FLAGS.iterations)
     trained, training = {}, {}
     for method in FLAGS.methods:
         mdir = os.path.join(logdir, method)

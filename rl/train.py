@@ -45,7 +45,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
-from maml_tf.training import check_config, has_checkpoint, latest_iteration, train  # noqa: E402
+from maml_tf.training import check_config, check_iterations, has_checkpoint, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
 
@@ -310,12 +310,8 @@ def train_task(task: str) -> dict:
                          f"uses every rollout.")
     # a config.json beside no checkpoint is that of a start that failed: it binds nothing
     recorded = recorded_config(logdir) if has_checkpoint(logdir) else {}
-    start = latest_iteration(logdir)
-    iterations = s["iterations"] if FLAGS["iterations"].present else current_settings(recorded).get(
-        "iterations", s["iterations"])  # (a resume without --iterations keeps the run's)
-    if iterations < start:
-        raise ValueError(f"{logdir} holds a run at iteration {start}, past --iterations={iterations}; pass a "
-                         f"larger --iterations to extend it, or another --logdir for a new run.")
+    start = check_iterations(logdir, s["iterations"] if FLAGS["iterations"].present else current_settings(
+        recorded).get("iterations", s["iterations"]))  # (a resume without --iterations keeps the run's)
     for key, (then, what) in PREDATING_DEFAULTS.items():
         if recorded and key not in recorded:
             if FLAGS[key].present and FLAGS[key].value != then:

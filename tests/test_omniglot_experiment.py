@@ -92,8 +92,8 @@ def test_train_resume_evaluate(data_dir, tmp_path):
     before = (logdir / "metrics.json").read_text()
     short = run(*common, "--iterations=2", check=False)
     assert short.returncode == 1 and last_line(short.stderr) == (
-        f"error: {logdir} holds a run at iteration 6, past --iterations=2; use another --logdir for a new run, "
-        f"or --eval_only to evaluate this one.")
+        f"error: {logdir} holds a run at iteration 6, past --iterations=2; pass a larger --iterations to extend "
+        f"it, another --logdir for a new run, or --eval_only to evaluate it.")
     assert (logdir / "metrics.json").read_text() == before
     # --eval_only refuses a network of another shape in one sentence (not a shape error from TensorFlow)
     other = run("--eval_only", f"--logdir={logdir}", f"--data_dir={data_dir}", *TINY[:3], "--num_ways=3",

@@ -11,7 +11,8 @@ import pytest
 
 from data.sinusoid import SinusoidTasks
 from maml_tf import functional, maml, models
-from maml_tf.training import CheckpointError, _format_rate, check_config, latest_iteration, make_train_step, train
+from maml_tf.training import (CheckpointError, _format_rate, check_config, check_iterations, latest_iteration,
+                               make_train_step, train)
 
 
 def setup(seed=0, hidden=(8,)):
@@ -45,6 +46,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert latest_iteration(str(tmp_path / "resumed")) == 0  # no such folder yet
     res = train(model, opt, step, batch_for, 17, str(tmp_path / "resumed"), checkpoint_every=10, verbose=False)
     assert res.iterations == 17 and latest_iteration(str(tmp_path / "resumed")) == 17
+    assert check_iterations(str(tmp_path / "resumed"), 17) == 17 and check_iterations(str(tmp_path / "new"), 1) == 0
+    with pytest.raises(CheckpointError, match="holds a run at iteration 17, past --iterations=16;"):
+        check_iterations(str(tmp_path / "resumed"), 16)
     model, opt, step, batch_for = setup()  # a fresh process would rebuild everything
     res = train(model, opt, step, batch_for, 30, str(tmp_path / "resumed"), checkpoint_every=10, verbose=False)
     assert res.iterations == 30
