@@ -194,14 +194,12 @@ def main(argv):
                                 f"pass the folder of a task's runs, or --methods=random to evaluate only a random "
                                 f"initialisation.")
     maml_run = runs["maml"]
-    # every method's test batches as the MAML run's were (its horizon and batch mode), else the first trained
-    # baseline's
+    # every method's test batches as the MAML run's were (horizon, batch mode), else the first trained baseline's
     first_run = maml_run or next((runs[m] for m in trained), {})
     maml_lr = maml_run.get("inner_lr", preset.inner_lr)
     horizon = first_run.get("horizon", preset.horizon)
     rollouts = FLAGS.rollouts_per_task or TEST_PROTOCOL[task].rollouts
     batch_by = FLAGS.batch_by or first_run.get("batch_by", "episodes")
-
     lrs = {m: step_sizes(task, m, maml_lr, FLAGS.steps) for m in FLAGS.methods}
     t0 = time.time()
     results, training, skipped = {}, {}, []
