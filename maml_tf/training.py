@@ -128,13 +128,14 @@ def has_checkpoint(logdir: str) -> bool:
     return os.path.isdir(logdir) and tf.train.latest_checkpoint(os.path.join(logdir, "ckpt")) is not None
 
 
-def check_iterations(logdir: str, iterations: int) -> int:
-    """The iteration a run in ``logdir`` resumes from; a CheckpointError (one sentence) if ``iterations`` is
-    below it: :func:`train` would skip into the run, and an entry point would then rewrite its results."""
+def check_iterations(logdir: str, iterations: int, to_evaluate: str = "--eval_only") -> int:
+    """The iteration a run in ``logdir`` resumes from; a CheckpointError (one sentence, naming ``to_evaluate``,
+    how the entry point evaluates a run) if ``iterations`` is below it: :func:`train` would skip into the run,
+    and an entry point would then rewrite its results."""
     start = latest_iteration(logdir)
     if iterations < start:
         raise CheckpointError(f"{logdir} holds a run at iteration {start}, past --iterations={iterations}; pass a "
-                              f"larger --iterations to extend it, another --logdir for a new run, or --eval_only "
+                              f"larger --iterations to extend it, another --logdir for a new run, or {to_evaluate} "
                               f"to evaluate it.")
     return start
 

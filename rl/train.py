@@ -311,7 +311,7 @@ def train_task(task: str) -> dict:
     # a config.json beside no checkpoint is that of a start that failed: it binds nothing
     recorded = recorded_config(logdir) if has_checkpoint(logdir) else {}
     start = check_iterations(logdir, s["iterations"] if FLAGS["iterations"].present else current_settings(
-        recorded).get("iterations", s["iterations"]))  # (a resume without --iterations keeps the run's)
+        recorded).get("iterations", s["iterations"]), to_evaluate="rl/evaluate.py")  # (without --iterations: the run's)
     for key, (then, what) in PREDATING_DEFAULTS.items():
         if recorded and key not in recorded:
             if FLAGS[key].present and FLAGS[key].value != then:

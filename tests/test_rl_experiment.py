@@ -206,7 +206,8 @@ def test_bad_run_folders_and_flags_are_one_sentence(tmp_path):
     config = (tmp_path / "maml" / "config.json").read_text()
     cases = [  # (script, args, the error's start)
         ("rl/train_navigation.py", [*TINY, "--iterations=1", f"--logdir={tmp_path / 'maml'}"],
-         f"error: {tmp_path / 'maml'} holds a run at iteration 2, past --iterations=1;"),
+         f"error: {tmp_path / 'maml'} holds a run at iteration 2, past --iterations=1; pass a larger --iterations to "
+         f"extend it, another --logdir for a new run, or rl/evaluate.py to evaluate it."),
         ("rl/evaluate.py", ["--task=navigation", f"--logdir={tmp_path / 'maml'}", "--num_workers=0"],
          f"error: {tmp_path / 'maml'} is one maml run; pass its parent folder"),
         ("rl/evaluate.py", ["--task=halfcheetah_vel", f"--logdir={tmp_path}", "--num_workers=0"],
