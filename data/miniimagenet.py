@@ -19,8 +19,9 @@ Each image is converted to RGB and, when it is not already 84x84, resized with P
 (as the authors' `proc_images.py`). Pixels are uint8 0..255 (the episode sampler scales to [0, 1],
 as the authors' `decode_jpeg / 255`). Classes are in order of first appearance in the CSV, examples
 in CSV order. The arrays are cached as `miniimagenet_<split>_84x84_<fingerprint>.npz` in `cache_dir`
-(default `$MAML_TF_CACHE_DIR`, else `$XDG_CACHE_HOME/maml_tf`, else `~/.cache/maml_tf`); the fingerprint covers the CSV, the image
-folder and the image file sizes. The meta-training split takes about 0.8 GB as uint8.
+(default `$MAML_TF_CACHE_DIR`, else `$XDG_CACHE_HOME/maml_tf`, else `~/.cache/maml_tf`); the
+fingerprint covers the CSV, the image folder and the image file sizes. The meta-training split takes
+about 0.8 GB as uint8.
 
     train = load_miniimagenet("/data/miniImagenet", "train")
     sampler = train.sampler(num_ways=5, num_shots=1, num_query=15)

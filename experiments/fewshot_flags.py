@@ -66,7 +66,8 @@ def define_run_flags(eval_batch_size: int) -> None:
                         "weights of its best-validation checkpoint (else its latest), with a fresh meta-optimizer; "
                         "its iterations count from 0. Ignored when --logdir resumes its own checkpoint.")
     flags.DEFINE_integer("eval_tasks", 600, "Test tasks (paper: 600).")
-    flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).", lower_bound=0)
+    flags.DEFINE_integer("eval_seed", 2017, "Seed of the test tasks (validation tasks use eval_seed + 1).",
+                         lower_bound=0)
     flags.DEFINE_integer("val_tasks", 200, "Validation tasks used to pick the best checkpoint.")
     flags.DEFINE_integer("validate_every", 1000,
                          "Iterations between validations (0: none; the last checkpoint is tested).")

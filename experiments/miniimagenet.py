@@ -82,7 +82,8 @@ def default_logdir(cfg, fixture: bool = False) -> str:
     import fewshot
     import tempfile
     if fixture:
-        return os.path.join(tempfile.gettempdir(), "maml_tf_miniimagenet_fixture", cfg.setting + fewshot.variant_suffix(cfg))
+        return os.path.join(tempfile.gettempdir(), "maml_tf_miniimagenet_fixture",
+                            cfg.setting + fewshot.variant_suffix(cfg))
     return os.path.join("results", cfg.dataset, cfg.setting + fewshot.variant_suffix(cfg))
 
 

@@ -500,7 +500,8 @@ def supervised_loss(model: keras.Model, loss: Callable, training: bool = True,
 
     ``training`` is passed to the model's layers (``True``: batch norm on the batch's statistics, as the
     paper); ``transductive=False`` (batched layout only) normalises query examples with the support set's
-    batch statistics instead of the query batch's (module docstring). ``compute_dtype="bfloat16"`` (batched layout only) runs the convolutions and matrix products, and
+    batch statistics instead of the query batch's (module docstring). ``compute_dtype="bfloat16"`` (batched
+    layout only) runs the convolutions and matrix products, and
     their gradients at every order, on bfloat16 inputs and weights; the weights, batch norm, losses and
     the optimizer stay float32."""
     return SupervisedTaskLoss(model, loss, training=training, transductive=transductive, compute_dtype=compute_dtype)

@@ -11,8 +11,8 @@ import json
 import sys
 import zipfile
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, zipfile.BadZipFile,
-                   FloatingPointError)  # maml_tf.training.CheckpointError is a ValueError
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+                   zipfile.BadZipFile, FloatingPointError)  # maml_tf.training.CheckpointError is a ValueError
 
 
 def one_sentence_errors(main):
