@@ -37,8 +37,8 @@ from maml_tf.cli import one_sentence_errors, quiet_tensorflow  # noqa: E402
 from maml_tf.functional import get_weights  # noqa: E402
 from maml_tf.training import make_checkpoint, restore  # noqa: E402
 from rl import maml_trpo, policies, trpo  # noqa: E402
+from rl.presets import current_settings  # noqa: E402
 from rl.sampler import Sampler  # noqa: E402
-from rl.train import current_settings, learner_config  # noqa: E402
 
 flags.DEFINE_string("logdir", None, "A MAML run directory (with config.json and ckpt/).", required=True)
 flags.DEFINE_integer("seed", 123, "Seed of the batch's tasks and rollouts.", lower_bound=0)
@@ -56,7 +56,7 @@ def main(argv):
         s = current_settings(json.load(f))  # with any KL limit etc. changed on resume
     if s.get("inner_steps") != 1:
         raise ValueError(f"{FLAGS.logdir} is not a MAML run (inner_steps={s.get('inner_steps')}).")
-    base = learner_config(s)
+    base = maml_trpo.Config.from_settings(s)
     R = base.rollouts_per_task
     with Sampler(s["env_id"], num_workers=FLAGS.num_workers, horizon=s["horizon"]) as sampler:
         model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, hidden=tuple(s["hidden"]),

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from maml_tf.cli import quiet_tensorflow  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
-from rl.train import PRESETS  # noqa: E402
+from rl.presets import PRESETS  # noqa: E402
 from rl.sampler import Sampler, default_num_workers  # noqa: E402
 
 ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v1", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v1",
@@ -56,9 +56,9 @@ flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of post-update rollouts used 
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("first_order", False, "First-order MAML.")
 flags.DEFINE_enum("layout", None, ("vectorized", "loop"), "Per-task layout (default: the task's training default, "
-                  "rl/train.py PRESETS).")
+                  "rl/presets.py).")
 flags.DEFINE_bool("jit_compile", None, "Compile the curvature products with XLA (default: the task's training "
-                  "default, rl/train.py PRESETS).")
+                  "default, rl/presets.py).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per core).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0)
 FLAGS = flags.FLAGS

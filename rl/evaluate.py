@@ -1,44 +1,18 @@
 """Evaluation of the RL experiments (paper section 5.3, Figures 4-5): average return after 0, 1, 2, 3
-policy-gradient steps on 40 test tasks.
+policy-gradient steps on 40 test tasks, for MAML, the pretrained policy, a random initialisation and
+the oracle; the command line of :mod:`rl.evaluation`, whose docstring gives the test protocol.
 
     python rl/evaluate.py --task=navigation                  # reads results/rl/navigation/<method>/
     python rl/evaluate.py --task=halfcheetah_vel --methods=maml,random
 
-Methods (each fine-tuned on the same test tasks, with the same seeds):
-  maml        the meta-trained policy (best checkpoint of results/rl/<task>/maml)
-  pretrained  the policy trained with TRPO on all tasks jointly (results/rl/<task>/pretrained)
-  random      a freshly initialised policy
-  oracle      the policy trained on the environment that observes the task; evaluated without
-              fine-tuning (0 steps), on its own environment
-Every trained method runs on the environment id recorded in its run's config.json (the random
-initialisation on MAML's), so runs made on the ``-v0`` environments stay re-evaluable; runs of
-different environment versions are not evaluated together.
-Each step samples fresh rollouts of the current (adapted) policy, reports their average return, and
-takes one vanilla policy-gradient step (linear baseline refitted per task, gamma 0.99, GAE lambda 1,
-advantages standardised per task; the same loss as the inner step of meta-training).
-
-The test protocol follows the authors' test scripts (maml_examples/test_maml_*.py of their RL code),
-whose results the paper reports (``TEST_PROTOCOL``): every step samples 4000 environment steps per
-task (40 rollouts of 100 steps for navigation, 20 of 200 for locomotion; 8000 steps, 40 rollouts,
-for ant forward/backward); the first step size is per method (MAML: its meta-training inner lr;
-pretrained and random: the authors' values, e.g. 0.02 and 0.1 for half-cheetah velocity), later steps
-take half of it (a hundredth for ant forward/backward). Like the authors' sampler, a step's batch is
-a budget of rollouts x horizon environment steps per task in whole episodes, so where episodes end
-early (navigation near the goal, a falling ant) more episodes are sampled (``--batch_by``; default:
-what the MAML run was trained with, ``episodes`` for runs that predate the option, so committed
-results re-evaluate to their numbers). ``--rollouts_per_task`` and ``--test_lr`` override the
-protocol for every method. Writes results/rl/<task>/metrics.json (means and standard errors, and each
-test task's parameters under ``tasks`` with its returns under ``results.<method>.per_task``) and
-figure_returns.png.
+Writes <logdir>/metrics.json (means and standard errors, each test task's parameters and returns) and
+<logdir>/figure_returns.png, the paper's numbers beside ours.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -47,18 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py, before TensorFlow (a user's value wins)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from maml_tf import paper  # noqa: E402
-from maml_tf.cli import machine_info, one_sentence_errors  # noqa: E402
-from maml_tf.training import make_checkpoint, restore  # noqa: E402
-from rl import maml_trpo, policies  # noqa: E402
-from rl.sampler import Sampler  # noqa: E402
-from rl.train import PRESETS, recorded_config  # noqa: E402
-
-ALL_METHODS = ("maml", "pretrained", "random", "oracle")
+# No TensorFlow at the top: the sampler's worker processes re-import this file (rl.evaluation, imported
+# in main, brings it).
+from maml_tf.cli import one_sentence_errors  # noqa: E402
+from rl.presets import ALL_METHODS, BATCH_BY, PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", None, sorted(PRESETS), "Which RL experiment to evaluate.")
@@ -69,9 +35,9 @@ flags.DEFINE_integer("num_tasks", 40, "Test tasks.")
 flags.DEFINE_integer("steps", 3, "Policy-gradient steps at test time.")
 flags.DEFINE_integer("rollouts_per_task", None, "Rollouts per task for each step (default: the authors' test "
                      "protocol: 40 for navigation and ant direction, 20 for the other locomotion tasks).")
-flags.DEFINE_float("test_lr", None, "First test step size for every method (default: per method, TEST_PROTOCOL); "
-                   "later steps use the protocol's fraction of it.")
-flags.DEFINE_enum("batch_by", None, maml_trpo.BATCH_BY, "steps: each step's batch is at least rollouts x horizon "
+flags.DEFINE_float("test_lr", None, "First test step size for every method (default: per method, "
+                   "rl.evaluation.TEST_PROTOCOL); later steps use the protocol's fraction of it.")
+flags.DEFINE_enum("batch_by", None, BATCH_BY, "steps: each step's batch is at least rollouts x horizon "
                   "environment steps per task in whole episodes (the authors' test scripts); episodes: exactly "
                   "rollouts_per_task episodes. Default: the MAML run's setting (episodes if it has none).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
@@ -87,203 +53,18 @@ flags.register_validator("steps", lambda v: v >= 0, "--steps must be >= 0.")
 flags.register_validator("test_lr", lambda v: v is None or v > 0, "--test_lr must be positive.")
 
 
-@dataclasses.dataclass(frozen=True)
-class TestProtocol:
-    """The authors' test settings for one task (their maml_examples/test_maml_*.py)."""
-
-    rollouts: int               # per task and step (their VPG batch_size / horizon)
-    first_lr: dict              # method -> first step size (MAML: None = its meta-training inner lr)
-    later_factor: float = 0.5   # later steps use first_lr * later_factor
-
-
-TEST_PROTOCOL = {
-    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5}),
-    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1}),
-    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
-    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
-    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01),
-}
-
-
-def step_sizes(task: str, method: str, maml_inner_lr: float, steps: int) -> list:
-    """The step sizes of ``method``'s ``steps`` test steps (empty for the oracle, which is not fine-tuned)."""
-    protocol = TEST_PROTOCOL[task]
-    if method == "oracle" or steps == 0:
-        return []
-    first = FLAGS.test_lr or protocol.first_lr.get(method) or maml_inner_lr
-    return [first] + [first * protocol.later_factor] * (steps - 1)
-
-
-def run_settings(logdir: str, method: str) -> dict:
-    return recorded_config(os.path.join(logdir, method))
-
-
-def load_policy(logdir: str, method: str, sampler: Sampler):
-    """The trained policy of ``method`` and {checkpoint, its iteration, the iterations trained, wall time}."""
-    run = os.path.join(logdir, method)
-    model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, name=f"policy_{method}")
-    ckpt = make_checkpoint(model, None)
-    dirs = ["best", "ckpt"] if FLAGS.checkpoint == "best" else ["ckpt"]
-    latest = tf.train.latest_checkpoint(os.path.join(run, "ckpt"))
-    trained = int(latest.rsplit("-", 1)[1]) if latest else None
-    # the run's training time up to its latest checkpoint (the evaluated one may be an earlier, best one)
-    trained_s = float(tf.train.load_variable(latest, "wall_time/.ATTRIBUTES/VARIABLE_VALUE")) if latest else None
-    for d in dirs:
-        if restore(ckpt, os.path.join(run, d), what=f"{method} checkpoint") is not None:
-            return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
-                           "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1),
-                           "trained_wall_time_s": None if trained_s is None else round(trained_s, 1)}
-    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method}).")
-
-
-def summarize(per_task: np.ndarray) -> dict:
-    n = per_task.shape[0]
-    return {"returns": per_task.mean(axis=0).tolist(),
-            "stderr": (per_task.std(axis=0, ddof=1) / np.sqrt(n)).tolist(),
-            "num_tasks": int(n)}
-
-
-def figure(task: str, results: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"maml": "tab:green", "pretrained": "tab:red", "random": "tab:blue", "oracle": "tab:gray"}
-    labels = {"maml": "MAML", "pretrained": "pretrained", "random": "random init", "oracle": "oracle"}
-    ref = paper.RL[task]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    steps = max(len(r["returns"]) for r in results.values())
-    for method, r in results.items():
-        c = colors[method]
-        if method == "oracle":
-            ax.axhline(r["returns"][0], color=c, ls="--", label=f"{labels[method]} (ours)")
-            ax.axhline(ref["oracle"]["returns"][0], color=c, ls=":", label=f"{labels[method]} (paper)")
-            continue
-        n = np.arange(len(r["returns"]))
-        ax.errorbar(n, r["returns"], yerr=r["stderr"], color=c, marker="o", ms=4, capsize=3, label=f"{labels[method]} (ours)")
-        p = ref[method]["returns"]
-        ax.plot(np.arange(len(p)), p, color=c, marker="x", ms=9, mew=2, ls=":", lw=1, label=f"{labels[method]} (paper)")
-    ax.set_xticks(range(max(steps, 4)))
-    ax.set_xlabel("number of gradient steps")
-    ax.set_ylabel("average return")
-    ax.set_title(f"{task}: return after fine-tuning ({results[next(iter(results))]['num_tasks']} test tasks)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 @one_sentence_errors
 def main(argv):
-    task, preset = FLAGS.task, PRESETS[FLAGS.task]
-    logdir = FLAGS.logdir or os.path.join("results", "rl", task)
-    if os.path.isfile(logdir):
-        raise NotADirectoryError(f"--logdir={logdir} is a file, not the folder of a task's runs.")
-    own = recorded_config(logdir)
-    if own.get("method"):
-        raise ValueError(f"{logdir} is one {own['method']} run; pass its parent folder (--logdir), which holds "
-                         f"the methods' runs as maml/, pretrained/, oracle/.")
-    runs = {m: run_settings(logdir, m) for m in ("maml", "pretrained", "oracle")}
-    for method, settings in runs.items():
-        if settings.get("task", task) != task:
-            raise ValueError(f"{os.path.join(logdir, method)} is a {settings['task']!r} run, not {task!r}; pass "
-                             f"--task={settings['task']} or the folder of {task!r} runs.")
-    trained = [m for m in ("maml", "pretrained", "oracle") if runs[m]]
-    if not trained and not FLAGS["methods"].present:
-        raise FileNotFoundError(f"No trained run in {logdir} (it has no maml/, pretrained/ or oracle/ run); "
-                                f"pass the folder of a task's runs, or --methods=random to evaluate only a random "
-                                f"initialisation.")
-    maml_run = runs["maml"]
-    # every method's test batches as the MAML run's were (horizon, batch mode), else the first trained baseline's
-    first_run = maml_run or next((runs[m] for m in trained), {})
-    maml_lr = maml_run.get("inner_lr", preset.inner_lr)
-    horizon = first_run.get("horizon", preset.horizon)
-    rollouts = FLAGS.rollouts_per_task or TEST_PROTOCOL[task].rollouts
-    batch_by = FLAGS.batch_by or first_run.get("batch_by", "episodes")
-    lrs = {m: step_sizes(task, m, maml_lr, FLAGS.steps) for m in FLAGS.methods}
-    t0 = time.time()
-    results, training, skipped = {}, {}, []
-    tasks = None
-    # Each trained method runs on the env it was trained on (its config.json), the random initialisation
-    # on MAML's; the preset's ids where no run says otherwise.
-    recorded = {m: runs[m].get("env_id") for m in ("maml", "pretrained", "oracle")}
-    recorded["random"] = recorded["maml"] or recorded["pretrained"]
-    defaults = {"oracle": preset.oracle_env_id}
-    env_ids = {m: e or defaults.get(m, preset.env_id) for m, e in recorded.items()}
-    # methods without a run are skipped below; they take no part in the check
-    versions = {m: env_ids[m].replace("Oracle", "") for m in FLAGS.methods if recorded[m] or m == "random"}
-    if len(set(versions.values())) > 1:
-        raise ValueError(f"The runs in {logdir} were trained on different environments ({versions}); evaluate "
-                         f"runs of one environment version together.")
-    for method in FLAGS.methods:
-        env_id = env_ids[method]
-        with Sampler(env_id, num_workers=FLAGS.num_workers, horizon=horizon) as sampler:
-            if tasks is None:
-                tasks = sampler.sample_tasks(FLAGS.num_tasks, np.random.default_rng(FLAGS.seed))
-            if method == "random":
-                keras.utils.set_random_seed(FLAGS.seed)
-                model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, seed=FLAGS.seed, name="random")
-            else:
-                try:
-                    model, training[method] = load_policy(logdir, method, sampler)
-                except FileNotFoundError as e:
-                    if FLAGS["methods"].present:  # asked for explicitly
-                        raise
-                    print(f"skipping {method}: {e}", flush=True)
-                    skipped.append(method)
-                    continue
-            steps = 0 if method == "oracle" else FLAGS.steps
-            t = time.time()
-            per_task = maml_trpo.adaptation_returns(model, sampler, tasks, steps, lrs[method] or [0.0], rollouts,
-                                                    seed=FLAGS.seed, restart=batch_by == "steps")
-        results[method] = summarize(per_task)
-        results[method]["per_task"] = np.round(per_task, 3).tolist()  # [task][step], tasks in metrics' "tasks" order
-        shown = "  ".join(f"{v:8.2f} ± {e:.2f}" for v, e in zip(results[method]["returns"], results[method]["stderr"]))
-        print(f"{method:<11} {shown}   ({time.time() - t:.0f}s)", flush=True)
-        ref = paper.RL[task].get(method, {}).get("returns")
-        if ref:
-            print(f"{'  paper':<11} " + "  ".join(f"{v:8.2f}       " for v in ref), flush=True)
+    from rl import evaluation
 
-    if not results:
-        raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
-    eval_s = time.time() - t0
-    main_run = training.get("maml") or next(iter(training.values()), {})  # the MAML run, else the first trained
-    train_s = main_run.get("trained_wall_time_s") or 0.0
-    batch_text = (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes"
-                  if batch_by == "steps" else f"{rollouts} rollouts per task per step")
-    metrics = {
-        "config": {"task": task, "env_id": env_ids["maml"], "oracle_env_id": env_ids["oracle"],
-                   "env_ids": {m: env_ids[m] for m in results},
-                   "num_tasks": FLAGS.num_tasks, "steps": FLAGS.steps, "rollouts_per_task": rollouts,
-                   "batch_by": batch_by,
-                   "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
-                   "checkpoint": FLAGS.checkpoint, "methods": FLAGS.methods,
-                   "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
-                                if k in maml_run}},
-        "seed": FLAGS.seed,
-        "tasks": np.asarray(tasks).tolist(),  # the test tasks' parameters (goal velocity, direction, goal)
-        # meta-iterations of that run (per method in "training"), and as for the supervised experiments its
-        # training time plus this evaluation's
-        "iterations": main_run.get("trained_iterations") or 0,
-        "wall_time_s": round(train_s + eval_s, 1), "train_wall_time_s": round(train_s, 1),
-        "eval_wall_time_s": round(eval_s, 1),
-        "training": training,
-        "machine": machine_info(),
-        "command": " ".join(["python", "rl/evaluate.py"] + sys.argv[1:]),
-        "protocol": (f"{FLAGS.num_tasks} test tasks (seed {FLAGS.seed}); {batch_text}; "
-                     f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "
-                     f"stderr = std over tasks / sqrt(num_tasks); step sizes per method in config.test_lrs "
-                     f"(the authors' test scripts unless overridden)"),
-        "results": results,
-        "skipped": skipped,
-        "paper": paper.RL[task],
-    }
-    os.makedirs(logdir, exist_ok=True)
-    path = os.path.join(logdir, "metrics.json")
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=2)
-    figure(task, results, os.path.join(logdir, "figure_returns.png"))
-    print(f"wrote {path} and {os.path.join(logdir, 'figure_returns.png')}")
+    logdir = FLAGS.logdir or os.path.join("results", "rl", FLAGS.task)
+    metrics = evaluation.evaluate(
+        FLAGS.task, logdir, FLAGS.methods if FLAGS["methods"].present else None, num_tasks=FLAGS.num_tasks,
+        steps=FLAGS.steps, rollouts_per_task=FLAGS.rollouts_per_task, test_lr=FLAGS.test_lr,
+        batch_by=FLAGS.batch_by, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed, num_workers=FLAGS.num_workers,
+        command=" ".join(["python", "rl/evaluate.py"] + sys.argv[1:]))
+    path, figure = evaluation.write(metrics, logdir)
+    print(f"wrote {path} and {figure}")
     return 0
 
 

@@ -70,7 +70,7 @@ once per input shape, so ``MAMLTRPO.step`` then zero-pads their step axes to one
 octave (``bucket_size``, ``pad_steps``: padded steps have mask 0 and change no mean). On a 2-core CPU
 without AVX-512 the loop layout with XLA made the half-cheetah's products 1.3x faster than the
 vectorized layout without XLA (6.3 against 8.0 s per update in benchmarks/maml_trpo.py, README); the
-half-cheetah presets of rl/train.py use it.
+half-cheetah presets (rl/presets.py) use it.
 """
 
 from __future__ import annotations
@@ -89,10 +89,7 @@ from maml_tf.functional import Weights, get_weights
 from rl import baselines, policies, trpo
 from rl.sampler import Episodes, Sampler
 
-CURVATURES = ("gauss_newton", "exact", "finite_difference")
-BATCH_BY = ("steps", "episodes")
-BASELINES = ("per_task", "previous_task")
-RL_LAYOUTS = ("vectorized", "loop")  # maml_tf.maml.LAYOUTS but "batched", which folds conv nets only
+from rl.presets import BASELINES, BATCH_BY, CURVATURES, RL_LAYOUTS  # noqa: F401 (Config's option values)
 
 
 class PolicyData(NamedTuple):
@@ -162,6 +159,18 @@ class Config:
             raise ValueError(f"batch_by must be one of {BATCH_BY}, got {self.batch_by!r}.")
         if self.layout not in RL_LAYOUTS:  # ("batched" folds conv nets into grouped convolutions: not for policies)
             raise ValueError(f"layout must be one of {RL_LAYOUTS}, got {self.layout!r}.")
+
+    @classmethod
+    def from_settings(cls, s: dict) -> "Config":
+        """The learner of a run from its recorded settings (rl/train.py's config.json, with any changes
+        applied: ``rl.presets.current_settings``); settings a run predates take what it did then."""
+        return cls(
+            rollouts_per_task=s["rollouts_per_task"], inner_lr=s["inner_lr"], inner_steps=s["inner_steps"],
+            first_order=s["first_order"], max_kl=s["max_kl"], cg_iterations=s["cg_iterations"],
+            cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
+            normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
+            hvp_subsample=s["hvp_subsample"], layout=s["layout"], jit_compile=s.get("jit_compile", False),
+            baseline=s.get("baseline", "per_task"), batch_by=s.get("batch_by", "episodes"))
 
 
 # ------------------------------------------------------------------------------------------------

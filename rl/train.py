@@ -28,7 +28,6 @@ iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -44,48 +43,12 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
+from maml_tf.cli import one_sentence_errors  # noqa: E402
 from maml_tf.training import check_config, check_iterations, has_checkpoint, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
+from rl.presets import (BASELINES, BATCH_BY, CURVATURES, METHODS, PRESETS, RL_LAYOUTS, Preset,  # noqa: E402
+                        current_settings, recorded_config)
 from rl.sampler import Sampler  # noqa: E402
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """Paper settings of one task family (appendix A.2)."""
-
-    env_id: str
-    oracle_env_id: str
-    meta_batch_size: int
-    horizon: int
-    inner_lr: float
-    iterations: int = 500  # default meta-iterations of every method (paper: up to 500)
-    layout: str = "vectorized"  # per-task layout of the meta-objective (speed only; benchmarks/maml_trpo.py)
-    jit_compile: bool = False   # XLA for the curvature products (speed only; compiles once per padded shape)
-
-
-# Navigation follows the authors' evaluated 2D-navigation runs (their maml_examples/maml_trpo_point.py
-# and trpo_point.py), whose numbers the paper reports and we compare against, where they depart from
-# the paper's text:
-#  - inner lr 0.5 (the text says 0.1 for all tasks); their test script then steps 0.5, 0.25, 0.25;
-#  - 100 iterations for MAML, the pretrained policy and the oracle (the text says up to 500).
-#    results/rl/navigation (100 iterations) holds the measured returns; results/rl/navigation_500it
-#    (older settings) shows the longer MAML run specialising in the single trained step (README);
-#  - their environment's goal box (Navigation2D-v1) and their samplers' step budget (--batch_by=steps).
-# Pass --inner_lr=0.1 / --iterations=500 for the text's values.
-# The locomotion presets use the authors' rllab half-cheetah and ant (the -v1 ids, rl/envs/__init__.py);
-# runs made with gymnasium's conventions (-v0) record that env id in their config.json, which
-# rl/evaluate.py follows.
-PRESETS = {
-    "navigation": Preset("maml_tf/Navigation2D-v1", "maml_tf/Navigation2DOracle-v1", 20, 100, 0.5, iterations=100),
-    "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v1", "maml_tf/HalfCheetahVelOracle-v1", 40, 200, 0.1,
-                              layout="loop", jit_compile=True),
-    "halfcheetah_dir": Preset("maml_tf/HalfCheetahDir-v1", "maml_tf/HalfCheetahDirOracle-v1", 40, 200, 0.1,
-                              layout="loop", jit_compile=True),
-    "ant_vel": Preset("maml_tf/AntVel-v1", "maml_tf/AntVelOracle-v1", 40, 200, 0.1),
-    "ant_dir": Preset("maml_tf/AntDir-v1", "maml_tf/AntDirOracle-v1", 40, 200, 0.1),
-}
-METHODS = ("maml", "pretrained", "oracle")
 
 FLAGS = flags.FLAGS
 
@@ -104,7 +67,7 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_float("max_kl", 0.01, "TRPO trust region: mean KL of the post-update policies.")
     flags.DEFINE_integer("cg_iterations", 10, "Conjugate-gradient iterations.")
     flags.DEFINE_float("cg_damping", 1e-5, "Damping added to the KL Hessian in conjugate gradient.")
-    flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES,
+    flags.DEFINE_enum("curvature", "gauss_newton", CURVATURES,
                       "How the KL Hessian-vector products are computed: gauss_newton and exact are both exact at "
                       "the current parameters; finite_difference is the authors' (rllab's FiniteDifferenceHvp with "
                       "their effective base_eps of 1: a secant of the meta-KL's gradient over theta +- v/|theta|, "
@@ -112,11 +75,11 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
                        "Fisher matrix in the curvature, but at least 4 of them (or all); the inner step's Jacobian always uses "
                        "all pre-update rollouts.")
-    flags.DEFINE_enum("baseline", "per_task", maml_trpo.BASELINES,
+    flags.DEFINE_enum("baseline", "per_task", BASELINES,
                       "per_task: the linear baseline is fitted to each task's own episodes (as the authors' final "
                       "code); previous_task: rllab's original predict-then-fit order (each task's values from the "
                       "fit on the task before it).")
-    flags.DEFINE_enum("batch_by", "steps", maml_trpo.BATCH_BY,
+    flags.DEFINE_enum("batch_by", "steps", BATCH_BY,
                       "steps: each task's batch is at least rollouts_per_task x horizon environment steps in whole "
                       "episodes, an episode that ends early being followed by a new one (the authors' rllab samplers; "
                       "matters where episodes end early: navigation, ant); episodes: exactly rollouts_per_task "
@@ -125,7 +88,7 @@ def define_flags(preset: Preset) -> None:
                       "the directions each way, goal velocities one per bin) instead of independent draws (the "
                       "paper's); the same task distribution, less imbalance within a batch.")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
-    flags.DEFINE_enum("layout", preset.layout, maml_trpo.RL_LAYOUTS, "How per-task computations are laid out "
+    flags.DEFINE_enum("layout", preset.layout, RL_LAYOUTS, "How per-task computations are laid out "
                       "(speed only: the half-cheetah's default, loop, is the faster one there, benchmarks/maml_trpo.py).")
     flags.DEFINE_bool("jit_compile", preset.jit_compile, "Compile the KL curvature products with XLA (speed only; "
                       "the step axes are padded to a few sizes, each compiled once: worth it where the batch shapes "
@@ -190,17 +153,6 @@ def settings(task: str) -> dict:
     }
 
 
-def learner_config(s: dict) -> maml_trpo.Config:
-    return maml_trpo.Config(
-        rollouts_per_task=s["rollouts_per_task"], inner_lr=s["inner_lr"], inner_steps=s["inner_steps"],
-        first_order=s["first_order"], max_kl=s["max_kl"], cg_iterations=s["cg_iterations"],
-        cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
-        normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
-        hvp_subsample=s["hvp_subsample"], layout=s["layout"], jit_compile=s.get("jit_compile", False),
-        baseline=s.get("baseline", "per_task"),
-        batch_by=s.get("batch_by", "episodes"))
-
-
 def build_policy(sampler: Sampler, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, hidden=(100, 100), init_std=1.0, seed=seed)
@@ -237,22 +189,6 @@ class ProgressCSV:
             if new:
                 w.writeheader()
             w.writerow(row)
-
-
-def recorded_config(logdir: str) -> dict:
-    """The settings a run in ``logdir`` recorded (its config.json; {} if there is none)."""
-    path = os.path.join(logdir, "config.json")
-    if not os.path.exists(path):
-        return {}
-    return read_json(path)
-
-
-def current_settings(recorded: dict) -> dict:
-    """A run's settings as of its latest iteration: its config.json with the recorded "changes" applied."""
-    current = {k: v for k, v in recorded.items() if k != "changes"}
-    for change in recorded.get("changes", []):
-        current.update({k: v for k, v in change.items() if k != "from_iteration"})
-    return current
 
 
 def _adopt_recorded(s: dict, recorded: dict) -> dict:
@@ -326,7 +262,7 @@ def train_task(task: str) -> dict:
         print(f"[{name}] resuming with the run's own {said} (from {os.path.join(logdir, 'config.json')})", flush=True)
     if recorded:
         _resume_settings(name, logdir, s, recorded, start)
-    config = learner_config(s)
+    config = maml_trpo.Config.from_settings(s)
     with Sampler(s["env_id"], num_workers=FLAGS.num_workers, horizon=s["horizon"]) as sampler:
         model = build_policy(sampler, s["seed"])
         learner = maml_trpo.MAMLTRPO(model, sampler, config)

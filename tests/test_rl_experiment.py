@@ -57,6 +57,31 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     assert m["config"]["batch_by"] == "steps"  # the MAML run's setting
     assert (tmp_path / "figure_returns.png").stat().st_size > 0
 
+    # the same evaluation from Python (rl.evaluation, the library behind rl/evaluate.py)
+    from rl import evaluation
+    again = evaluation.evaluate("navigation", str(tmp_path), ["maml", "random"], num_tasks=3, rollouts_per_task=2,
+                                num_workers=0, verbose=False)
+    assert again["config"]["test_lrs"] == m["config"]["test_lrs"] and again["tasks"] == m["tasks"]
+    for method in ("maml", "random"):
+        assert np.allclose(again["results"][method]["returns"], m["results"][method]["returns"], rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="subset"):
+        evaluation.evaluate("navigation", str(tmp_path), ["maml", "walker"])
+    with pytest.raises(ValueError, match="Unknown task"):
+        evaluation.evaluate("walker", str(tmp_path))
+
+
+@pytest.mark.parametrize("script", ["rl/evaluate.py", "rl/train_navigation.py", "rl/train_halfcheetah_vel.py",
+                                    "rl/train_halfcheetah_dir.py", "rl/train_ant_vel.py", "rl/train_ant_dir.py"])
+def test_sampler_workers_reimport_the_entry_point_without_tensorflow(script):
+    # a "spawn" worker runs its parent's __main__ file as __mp_main__ before it unpickles its target; the
+    # entry points import TensorFlow only in main, so the workers (one per core) do not load it
+    probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='__mp_main__'); "
+             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe, str(ROOT / script)], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert last_line(out.stdout) == "[]", out.stdout
+
 
 @pytest.mark.parametrize("key,flag,refusal,then", [
     ("batch_by", "--batch_by=steps", "sampled by episodes", "episodes"),

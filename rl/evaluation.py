@@ -1,0 +1,292 @@
+"""Evaluation of RL meta-training runs (paper section 5.3, Figures 4-5): average return after 0, 1, 2, 3
+policy-gradient steps on 40 test tasks, for MAML and the baselines, with the authors' test protocol.
+
+:func:`evaluate` fine-tunes each method on the same test tasks with the same seeds and returns the
+metrics (the layout of ``results/rl/<task>/metrics.json``); :func:`write` saves them with the figure.
+``rl/evaluate.py`` is the command line for both; from Python::
+
+    from rl import evaluation
+    metrics = evaluation.evaluate("navigation", "results/rl/navigation", methods=["maml", "random"])
+
+Methods:
+  maml        the meta-trained policy (best checkpoint of <logdir>/maml)
+  pretrained  the policy trained with TRPO on all tasks jointly (<logdir>/pretrained)
+  random      a freshly initialised policy
+  oracle      the policy trained on the environment that observes the task; evaluated without
+              fine-tuning (0 steps), on its own environment
+Every trained method runs on the environment id recorded in its run's config.json (the random
+initialisation on MAML's), so runs made on the ``-v0`` environments stay re-evaluable; runs of
+different environment versions are not evaluated together.
+Each step samples fresh rollouts of the current (adapted) policy, reports their average return, and
+takes one vanilla policy-gradient step (linear baseline refitted per task, gamma 0.99, GAE lambda 1,
+advantages standardised per task; the same loss as the inner step of meta-training).
+
+The test protocol follows the authors' test scripts (maml_examples/test_maml_*.py of their RL code),
+whose results the paper reports (``TEST_PROTOCOL``): every step samples 4000 environment steps per
+task (40 rollouts of 100 steps for navigation, 20 of 200 for locomotion; 8000 steps, 40 rollouts,
+for ant forward/backward); the first step size is per method (MAML: its meta-training inner lr;
+pretrained and random: the authors' values, e.g. 0.02 and 0.1 for half-cheetah velocity), later steps
+take half of it (a hundredth for ant forward/backward). Like the authors' sampler, a step's batch is
+a budget of rollouts x horizon environment steps per task in whole episodes, so where episodes end
+early (navigation near the goal, a falling ant) more episodes are sampled (``batch_by``; default:
+what the MAML run was trained with, ``episodes`` for runs that predate the option, so committed
+results re-evaluate to their numbers). ``rollouts_per_task`` and ``test_lr`` override the protocol
+for every method. The metrics hold means and standard errors, and each test task's parameters under
+``tasks`` with its returns under ``results.<method>.per_task``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import paper
+from maml_tf.cli import machine_info
+from maml_tf.training import make_checkpoint, restore
+from rl import maml_trpo, policies
+from rl.presets import ALL_METHODS, BATCH_BY, METHODS, PRESETS, recorded_config
+from rl.sampler import Sampler
+
+@dataclasses.dataclass(frozen=True)
+class TestProtocol:
+    """The authors' test settings for one task (their maml_examples/test_maml_*.py)."""
+
+    rollouts: int               # per task and step (their VPG batch_size / horizon)
+    first_lr: dict              # method -> first step size (MAML: None = its meta-training inner lr)
+    later_factor: float = 0.5   # later steps use first_lr * later_factor
+
+
+TEST_PROTOCOL = {
+    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5}),
+    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1}),
+    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
+    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
+    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01),
+}
+
+
+def step_sizes(task: str, method: str, maml_inner_lr: float, steps: int, test_lr: float | None = None) -> list:
+    """The step sizes of ``method``'s ``steps`` test steps (empty for the oracle, which is not fine-tuned);
+    ``test_lr`` replaces the protocol's first step size."""
+    protocol = TEST_PROTOCOL[task]
+    if method == "oracle" or steps == 0:
+        return []
+    first = test_lr or protocol.first_lr.get(method) or maml_inner_lr
+    return [first] + [first * protocol.later_factor] * (steps - 1)
+
+
+def load_policy(logdir: str, method: str, sampler: Sampler, checkpoint: str = "best"):
+    """The trained policy of ``method`` (its run is ``<logdir>/<method>``; ``checkpoint`` "best", falling
+    back to the latest, or "latest") and {checkpoint, its iteration, the iterations trained, wall time}."""
+    run = os.path.join(logdir, method)
+    model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, name=f"policy_{method}")
+    ckpt = make_checkpoint(model, None)
+    dirs = ["best", "ckpt"] if checkpoint == "best" else ["ckpt"]
+    latest = tf.train.latest_checkpoint(os.path.join(run, "ckpt"))
+    trained = int(latest.rsplit("-", 1)[1]) if latest else None
+    # the run's training time up to its latest checkpoint (the evaluated one may be an earlier, best one)
+    trained_s = float(tf.train.load_variable(latest, "wall_time/.ATTRIBUTES/VARIABLE_VALUE")) if latest else None
+    for d in dirs:
+        if restore(ckpt, os.path.join(run, d), what=f"{method} checkpoint") is not None:
+            return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
+                           "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1),
+                           "trained_wall_time_s": None if trained_s is None else round(trained_s, 1)}
+    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method}).")
+
+
+def summarize(per_task: np.ndarray) -> dict:
+    n = per_task.shape[0]
+    return {"returns": per_task.mean(axis=0).tolist(),
+            "stderr": (per_task.std(axis=0, ddof=1) / np.sqrt(n)).tolist(),
+            "num_tasks": int(n)}
+
+
+def figure(task: str, results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"maml": "tab:green", "pretrained": "tab:red", "random": "tab:blue", "oracle": "tab:gray"}
+    labels = {"maml": "MAML", "pretrained": "pretrained", "random": "random init", "oracle": "oracle"}
+    ref = paper.RL[task]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    steps = max(len(r["returns"]) for r in results.values())
+    for method, r in results.items():
+        c = colors[method]
+        if method == "oracle":
+            ax.axhline(r["returns"][0], color=c, ls="--", label=f"{labels[method]} (ours)")
+            ax.axhline(ref["oracle"]["returns"][0], color=c, ls=":", label=f"{labels[method]} (paper)")
+            continue
+        n = np.arange(len(r["returns"]))
+        ax.errorbar(n, r["returns"], yerr=r["stderr"], color=c, marker="o", ms=4, capsize=3, label=f"{labels[method]} (ours)")
+        p = ref[method]["returns"]
+        ax.plot(np.arange(len(p)), p, color=c, marker="x", ms=9, mew=2, ls=":", lw=1, label=f"{labels[method]} (paper)")
+    ax.set_xticks(range(max(steps, 4)))
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.set_title(f"{task}: return after fine-tuning ({results[next(iter(results))]['num_tasks']} test tasks)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
+    """The recorded settings of the runs in ``logdir`` by trained method ({} where there is none), after
+    checking that ``logdir`` is the folder of ``task``'s runs."""
+    if os.path.isfile(logdir):
+        raise NotADirectoryError(f"--logdir={logdir} is a file, not the folder of a task's runs.")
+    own = recorded_config(logdir)
+    if own.get("method"):
+        raise ValueError(f"{logdir} is one {own['method']} run; pass its parent folder (--logdir), which holds "
+                         f"the methods' runs as maml/, pretrained/, oracle/.")
+    runs = {m: recorded_config(os.path.join(logdir, m)) for m in METHODS}
+    for method, settings in runs.items():
+        if settings.get("task", task) != task:
+            raise ValueError(f"{os.path.join(logdir, method)} is a {settings['task']!r} run, not {task!r}; pass "
+                             f"--task={settings['task']} or the folder of {task!r} runs.")
+    if not any(runs.values()) and not methods_given:
+        raise FileNotFoundError(f"No trained run in {logdir} (it has no maml/, pretrained/ or oracle/ run); "
+                                f"pass the folder of a task's runs, or --methods=random to evaluate only a random "
+                                f"initialisation.")
+    return runs
+
+
+def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, num_tasks: int = 40,
+             steps: int = 3, rollouts_per_task: int | None = None, test_lr: float | None = None,
+             batch_by: str | None = None, checkpoint: str = "best", seed: int = 1,
+             num_workers: int | None = None, command: str | None = None, verbose: bool = True) -> dict:
+    """Returns after 0..``steps`` policy-gradient steps on ``num_tasks`` test tasks (drawn with ``seed``)
+    for each method, as the metrics of ``results/rl/<task>/metrics.json``.
+
+    ``logdir`` holds the trained runs as ``maml/``, ``pretrained/``, ``oracle/``. ``methods`` None: all
+    four, skipping (and listing under "skipped") a trained method without a checkpoint; a given list:
+    each must have one. ``rollouts_per_task``, ``test_lr`` and ``batch_by`` override the test protocol
+    (``TEST_PROTOCOL``; batches as the MAML run's, else the first trained baseline's). ``command`` is
+    recorded; ``verbose`` prints each method's returns beside the paper's as they come."""
+    if task not in PRESETS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
+    methods_given = methods is not None
+    methods = list(ALL_METHODS if methods is None else methods)
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {ALL_METHODS}, got {methods}.")
+    if num_tasks < 2:
+        raise ValueError(f"num_tasks must be at least 2 (a standard error needs two), got {num_tasks}.")
+    if steps < 0 or (rollouts_per_task is not None and rollouts_per_task < 1) or (
+            test_lr is not None and test_lr <= 0):
+        raise ValueError(f"steps must be >= 0, rollouts_per_task and test_lr positive; got {steps}, "
+                         f"{rollouts_per_task}, {test_lr}.")
+    if batch_by is not None and batch_by not in BATCH_BY:
+        raise ValueError(f"batch_by must be one of {BATCH_BY}, got {batch_by!r}.")
+    if checkpoint not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
+    preset = PRESETS[task]
+    runs = _check_runs(task, logdir, methods_given)
+    trained = [m for m in METHODS if runs[m]]
+    maml_run = runs["maml"]
+    # every method's test batches as the MAML run's were (horizon, batch mode), else the first trained baseline's
+    first_run = maml_run or next((runs[m] for m in trained), {})
+    maml_lr = maml_run.get("inner_lr", preset.inner_lr)
+    horizon = first_run.get("horizon", preset.horizon)
+    rollouts = rollouts_per_task or TEST_PROTOCOL[task].rollouts
+    batch_by = batch_by or first_run.get("batch_by", "episodes")
+    lrs = {m: step_sizes(task, m, maml_lr, steps, test_lr) for m in methods}
+    t0 = time.time()
+    results, training, skipped = {}, {}, []
+    tasks = None
+    # Each trained method runs on the env it was trained on (its config.json), the random initialisation
+    # on MAML's; the preset's ids where no run says otherwise.
+    recorded = {m: runs[m].get("env_id") for m in METHODS}
+    recorded["random"] = recorded["maml"] or recorded["pretrained"]
+    defaults = {"oracle": preset.oracle_env_id}
+    env_ids = {m: e or defaults.get(m, preset.env_id) for m, e in recorded.items()}
+    # methods without a run are skipped below; they take no part in the check
+    versions = {m: env_ids[m].replace("Oracle", "") for m in methods if recorded[m] or m == "random"}
+    if len(set(versions.values())) > 1:
+        raise ValueError(f"The runs in {logdir} were trained on different environments ({versions}); evaluate "
+                         f"runs of one environment version together.")
+    for method in methods:
+        with Sampler(env_ids[method], num_workers=num_workers, horizon=horizon) as sampler:
+            if tasks is None:
+                tasks = sampler.sample_tasks(num_tasks, np.random.default_rng(seed))
+            if method == "random":
+                keras.utils.set_random_seed(seed)
+                model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, seed=seed, name="random")
+            else:
+                try:
+                    model, training[method] = load_policy(logdir, method, sampler, checkpoint)
+                except FileNotFoundError as e:
+                    if methods_given:  # asked for explicitly
+                        raise
+                    if verbose:
+                        print(f"skipping {method}: {e}", flush=True)
+                    skipped.append(method)
+                    continue
+            n_steps = 0 if method == "oracle" else steps
+            t = time.time()
+            per_task = maml_trpo.adaptation_returns(model, sampler, tasks, n_steps, lrs[method] or [0.0], rollouts,
+                                                    seed=seed, restart=batch_by == "steps")
+        results[method] = summarize(per_task)
+        results[method]["per_task"] = np.round(per_task, 3).tolist()  # [task][step], tasks in metrics' "tasks" order
+        if verbose:
+            shown = "  ".join(f"{v:8.2f} ± {e:.2f}" for v, e in zip(results[method]["returns"],
+                                                                   results[method]["stderr"]))
+            print(f"{method:<11} {shown}   ({time.time() - t:.0f}s)", flush=True)
+            ref = paper.RL[task].get(method, {}).get("returns")
+            if ref:
+                print(f"{'  paper':<11} " + "  ".join(f"{v:8.2f}       " for v in ref), flush=True)
+
+    if not results:
+        raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
+    eval_s = time.time() - t0
+    main_run = training.get("maml") or next(iter(training.values()), {})  # the MAML run, else the first trained
+    train_s = main_run.get("trained_wall_time_s") or 0.0
+    batch_text = (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes"
+                  if batch_by == "steps" else f"{rollouts} rollouts per task per step")
+    return {
+        "config": {"task": task, "env_id": env_ids["maml"], "oracle_env_id": env_ids["oracle"],
+                   "env_ids": {m: env_ids[m] for m in results},
+                   "num_tasks": num_tasks, "steps": steps, "rollouts_per_task": rollouts,
+                   "batch_by": batch_by,
+                   "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
+                   "checkpoint": checkpoint, "methods": methods,
+                   "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
+                                if k in maml_run}},
+        "seed": seed,
+        "tasks": np.asarray(tasks).tolist(),  # the test tasks' parameters (goal velocity, direction, goal)
+        # meta-iterations of that run (per method in "training"), and as for the supervised experiments its
+        # training time plus this evaluation's
+        "iterations": main_run.get("trained_iterations") or 0,
+        "wall_time_s": round(train_s + eval_s, 1), "train_wall_time_s": round(train_s, 1),
+        "eval_wall_time_s": round(eval_s, 1),
+        "training": training,
+        "machine": machine_info(),
+        "command": command,
+        "protocol": (f"{num_tasks} test tasks (seed {seed}); {batch_text}; "
+                     f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "
+                     f"stderr = std over tasks / sqrt(num_tasks); step sizes per method in config.test_lrs "
+                     f"(the authors' test scripts unless overridden)"),
+        "results": results,
+        "skipped": skipped,
+        "paper": paper.RL[task],
+    }
+
+
+def write(metrics: dict, logdir: str) -> tuple:
+    """Saves ``metrics`` as ``<logdir>/metrics.json`` and its figure as ``<logdir>/figure_returns.png``;
+    returns both paths."""
+    os.makedirs(logdir, exist_ok=True)
+    path = os.path.join(logdir, "metrics.json")
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    fig_path = os.path.join(logdir, "figure_returns.png")
+    figure(metrics["config"]["task"], metrics["results"], fig_path)
+    return path, fig_path
