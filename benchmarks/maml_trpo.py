@@ -18,9 +18,9 @@ creation, XLA compilation), then times ``--iterations`` more and prints one JSON
     python benchmarks/maml_trpo.py --num_tasks=8                      # smaller batch
     python benchmarks/maml_trpo.py --layout=vectorized --nojit_compile  # the settings before 2026-11-23
 
-It runs with the task's training settings (rl/train.py: for the half-cheetah the loop layout and XLA
-for the curvature products) and, like rl/train.py, with oneDNN's kernels unless TF_ENABLE_ONEDNN_OPTS
-is set.
+It runs with the task's training settings (rl/presets.py: for the half-cheetah the loop layout and XLA
+for the curvature products; TensorFlow's ops one at a time) and, like rl/train.py, with oneDNN's kernels
+unless TF_ENABLE_ONEDNN_OPTS is set.
 """
 
 import json
@@ -35,12 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py (TF_ENABLE_ONEDNN_OPTS=0 in front measures without)
 
-import numpy as np  # noqa: E402
-
-from maml_tf.cli import quiet_tensorflow  # noqa: E402
-from rl import maml_trpo, policies  # noqa: E402
-from rl.presets import PRESETS  # noqa: E402
-from rl.sampler import Sampler, default_num_workers  # noqa: E402
+# No TensorFlow at the top: the sampler's worker processes re-import this file (main imports the learner).
+from maml_tf.cli import one_op_at_a_time, quiet_tensorflow  # noqa: E402
+from rl.presets import CURVATURES, PRESETS  # noqa: E402
 
 ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v1", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v1",
            "ant_vel": "maml_tf/AntVel-v1", "ant_dir": "maml_tf/AntDir-v1", "navigation": "maml_tf/Navigation2D-v1"}
@@ -51,7 +48,7 @@ flags.DEFINE_integer("rollouts", 20, "Rollouts per task (paper: 20).", lower_bou
 flags.DEFINE_integer("horizon", 200, "Steps per episode (paper: 200).", lower_bound=1)
 flags.DEFINE_integer("iterations", 2, "Timed meta-iterations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed meta-iterations first (tracing).", lower_bound=0)
-flags.DEFINE_enum("curvature", "gauss_newton", maml_trpo.CURVATURES, "KL Hessian-vector products.")
+flags.DEFINE_enum("curvature", "gauss_newton", CURVATURES, "KL Hessian-vector products.")
 flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of post-update rollouts used for the Fisher matrix in the curvature.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("first_order", False, "First-order MAML.")
@@ -61,6 +58,8 @@ flags.DEFINE_bool("jit_compile", None, "Compile the curvature products with XLA 
                   "default, rl/presets.py).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per core).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0)
+flags.DEFINE_bool("deterministic", True, "TensorFlow's ops one at a time, as rl/train.py runs them by default "
+                  "(--nodeterministic: concurrently).")
 FLAGS = flags.FLAGS
 
 KEYS = ("iteration_s", "sampling_s", "inner_s", "trpo_s", "trpo_gradient_s", "trpo_hvp_s", "trpo_line_search_s",
@@ -69,7 +68,14 @@ KEYS = ("iteration_s", "sampling_s", "inner_s", "trpo_s", "trpo_gradient_s", "tr
 
 def main(argv):
     del argv
+    if FLAGS.deterministic:
+        one_op_at_a_time()
     quiet_tensorflow()
+    import numpy as np
+
+    from rl import maml_trpo, policies
+    from rl.sampler import Sampler, default_num_workers
+
     preset = PRESETS[FLAGS.task]
     layout = FLAGS.layout or preset.layout
     jit_compile = preset.jit_compile if FLAGS.jit_compile is None else FLAGS.jit_compile
@@ -97,6 +103,7 @@ def main(argv):
         "benchmark": "maml_trpo", "task": FLAGS.task, "num_tasks": FLAGS.num_tasks, "rollouts": FLAGS.rollouts,
         "horizon": FLAGS.horizon, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
         "first_order": FLAGS.first_order, "layout": layout, "jit_compile": jit_compile,
+        "deterministic": FLAGS.deterministic,
         "s_per_iter": round(mean["wall_s"], 2),
         "s_per_iter_median": round(float(np.median([r["wall_s"] for r in runs])), 2),
         "s_each_iter": [round(r["wall_s"], 2) for r in runs],

@@ -46,6 +46,19 @@ def quiet_tensorflow() -> None:
     tf.get_logger().setLevel(logging.ERROR)
 
 
+def one_op_at_a_time() -> None:
+    """Run TensorFlow's ops one after another (inter-op threads 1; each op still uses every core).
+
+    With ops running concurrently, the RL learner's numbers vary in their last digits from one run of
+    the same command to the next (measured on 2D navigation: the first iteration's KL took three
+    different values in six runs), and RL amplifies such differences; one op at a time they repeat,
+    and the half-cheetah meta-iteration was no slower (benchmarks/maml_trpo.py, README). Call it before
+    TensorFlow runs its first op; later it raises RuntimeError."""
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def read_json(path: str) -> dict:
     """The JSON object in ``path``; a corrupt file is one sentence (a ValueError) naming it."""
     with open(path) as f:

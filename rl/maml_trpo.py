@@ -333,6 +333,55 @@ def surrogate_and_kl(model: keras.Model, weights: Weights, data: PolicyData, old
 # The meta-objective and its curvature (all tasks; tensors with the task axis)
 
 
+def steps_relaxed_spec(args):
+    """``args`` with each tensor replaced by its ``tf.TensorSpec``, the step axis (axis 1) of the fields of
+    ``PolicyData`` and ``OldPolicy`` left unknown."""
+
+    def spec(x, relax):
+        if not isinstance(x, tf.Tensor):
+            return x
+        shape = x.shape.as_list()
+        if relax and len(shape) >= 2:
+            shape[1] = None
+        return tf.TensorSpec(shape, x.dtype)
+
+    def walk(x):
+        if isinstance(x, (PolicyData, OldPolicy)):
+            return type(x)(*(spec(t, True) for t in x))
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+            return type(x)(walk(v) for v in x)
+        return spec(x, False)
+
+    return walk(args)
+
+
+class StepsRelaxed:
+    """A ``tf.function`` whose first call traces it with the rollouts' step axis unknown.
+
+    With ``reduce_retracing``, TensorFlow traces a function first for the exact shapes of its first call
+    and again, with the differing axes unknown, when a call brings other shapes; the two graphs can round
+    differently. The step count of a batch changes from one iteration to the next (episodes that end
+    early, subsampled curvature rollouts), so a run's first iteration would use the exact-shape graph and
+    later ones the relaxed one: a run resumed from a checkpoint would then compute its first iteration with
+    another graph than the uninterrupted run did. Tracing the relaxed graph from the start gives every
+    iteration the same graph, so that a resume repeats the uninterrupted run (``tests/test_rl_experiment.py``).
+    """
+
+    def __init__(self, fn):
+        self.fn, self.traced = fn, False
+
+    def __call__(self, *args):
+        if not self.traced:
+            self.fn.get_concrete_function(*steps_relaxed_spec(args))
+            self.traced = True
+        return self.fn(*args)
+
+    def experimental_get_tracing_count(self) -> int:
+        return self.fn.experimental_get_tracing_count()
+
+
 class MetaObjective:
     """The functions of theta that TRPO needs, compiled once per data shape.
 
@@ -344,13 +393,13 @@ class MetaObjective:
         self.hvp_mode = hvp_mode
         self.task_loss = reinforce_loss(model)
         c = config
-        self.loss_and_gradient = tf.function(self._loss_and_gradient, reduce_retracing=True)
-        self.loss_and_kl = tf.function(self._loss_and_kl, reduce_retracing=True)
+        self.loss_and_gradient = StepsRelaxed(tf.function(self._loss_and_gradient, reduce_retracing=True))
+        self.loss_and_kl = StepsRelaxed(tf.function(self._loss_and_kl, reduce_retracing=True))
         hvp = {"exact": self._exact_hvp, "gauss_newton": self._gauss_newton_hvp,
                "finite_difference": self._finite_difference_hvp}[c.curvature]
-        self.hvp = tf.function(hvp, reduce_retracing=True, jit_compile=c.jit_compile)
-        self.adapted = tf.function(self._adapted_values, reduce_retracing=True)
-        self.old_policy = tf.function(self._old_policy, reduce_retracing=True)
+        self.hvp = StepsRelaxed(tf.function(hvp, reduce_retracing=True, jit_compile=c.jit_compile))
+        self.adapted = StepsRelaxed(tf.function(self._adapted_values, reduce_retracing=True))
+        self.old_policy = StepsRelaxed(tf.function(self._old_policy, reduce_retracing=True))
 
     # -- pieces ----------------------------------------------------------------------------------
     def _adapt_all(self, weights: Weights, pre: PolicyData, first_order: bool) -> Weights:

@@ -21,7 +21,8 @@ one is refused; the meta-optimiser's settings, ``--iterations`` and ``--max_kl``
 the run's own, and a flag that changes one is announced and recorded there under ``"changes"``); the best
 iteration by average return (post-update for MAML) is kept in ``<logdir>/best`` (as in rllab, the
 checkpoint of iteration i holds the parameters after its TRPO update, the return was measured just before
-it). TensorBoard scalars are in ``<logdir>/tb``, every
+it). A resumed run computes what the uninterrupted one would have, bit for bit, and two runs of one command
+agree (``--deterministic``, the default: TensorFlow's ops run one at a time). TensorBoard scalars are in ``<logdir>/tb``, every
 iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py``.
 """
 
@@ -43,7 +44,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.cli import one_op_at_a_time, one_sentence_errors  # noqa: E402
 from maml_tf.training import check_config, check_iterations, has_checkpoint, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.presets import (BASELINES, BATCH_BY, CURVATURES, METHODS, PRESETS, RL_LAYOUTS, Preset,  # noqa: E402
@@ -94,6 +95,10 @@ def define_flags(preset: Preset) -> None:
                       "the step axes are padded to a few sizes, each compiled once: worth it where the batch shapes "
                       "repeat, as the half-cheetah's do).")
     flags.DEFINE_integer("seed", 0, "Seed of the initial policy, the tasks and the rollouts.", lower_bound=0)
+    flags.DEFINE_bool("deterministic", True, "Run TensorFlow's ops one at a time (each still on every core), so "
+                      "that the same command repeats its numbers exactly and a resumed run repeats the uninterrupted "
+                      "one; --nodeterministic lets independent ops run concurrently (numbers then vary in their last "
+                      "digits from run to run, which RL amplifies; it was not faster, benchmarks/maml_trpo.py).")
     flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core; 0: in-process).")
     flags.DEFINE_string("logdir", None, "Checkpoints and logs (default: results/rl/<task>/<method>).")
     flags.DEFINE_integer("checkpoint_every", 1, "Iterations between checkpoints (a crash loses at most this many).")
@@ -148,7 +153,7 @@ def settings(task: str) -> dict:
         "jit_compile": FLAGS.jit_compile, "baseline": FLAGS.baseline,
         "batch_by": FLAGS.batch_by, "stratified_tasks": FLAGS.stratified_tasks,
         "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
-        "seed": FLAGS.seed,
+        "seed": FLAGS.seed, "deterministic": FLAGS.deterministic,
         "logdir": FLAGS.logdir or os.path.join("results", "rl", task, method),
     }
 
@@ -233,6 +238,8 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
 
 def train_task(task: str) -> dict:
     s = settings(task)
+    if s["deterministic"]:
+        one_op_at_a_time()
     logdir = s["logdir"]
     if os.path.isfile(logdir):
         raise NotADirectoryError(f"--logdir={logdir} is a file, not a run's folder.")
@@ -271,9 +278,8 @@ def train_task(task: str) -> dict:
 
         def batch_for_iteration(i: int) -> maml_trpo.IterationBatch:
             counter["i"] = i
-            # depends only on the iteration, so a resumed run draws the same tasks and rollout seeds; its values
-            # may still drift from an uninterrupted run's: the first iteration after a resume runs on a newly traced
-            # graph with static shapes where the running one had relaxed them (float rounding), and RL amplifies that
+            # depends only on the iteration, so a resumed run draws the same tasks and rollout seeds (and with
+            # --deterministic and the learner's relaxed traces computes the same values as an uninterrupted run)
             rng = np.random.default_rng([s["seed"], i])
             return maml_trpo.IterationBatch(sampler.sample_tasks(s["meta_batch_size"], rng, s["stratified_tasks"]),
                                            iteration_seed(s["seed"], i))
