@@ -23,7 +23,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py, before Te
 
 # No TensorFlow at the top: the sampler's worker processes re-import this file (rl.evaluation, imported
 # in main, brings it).
-from maml_tf.cli import one_sentence_errors  # noqa: E402
+from maml_tf.cli import one_op_at_a_time, one_sentence_errors  # noqa: E402
 from rl.presets import ALL_METHODS, BATCH_BY, PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -44,6 +44,8 @@ flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of
 flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.",
                      lower_bound=0)
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
+flags.DEFINE_bool("deterministic", True, "Run TensorFlow's ops one at a time, as rl/train.py does, so that an "
+                  "evaluation repeats its numbers exactly (--nodeterministic: concurrently).")
 flags.mark_flag_as_required("task")
 flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= set(ALL_METHODS),
                          "--methods takes a comma-separated subset of maml,pretrained,random,oracle.")
@@ -55,6 +57,8 @@ flags.register_validator("test_lr", lambda v: v is None or v > 0, "--test_lr mus
 
 @one_sentence_errors
 def main(argv):
+    if FLAGS.deterministic:
+        one_op_at_a_time()
     from rl import evaluation
 
     logdir = FLAGS.logdir or os.path.join("results", "rl", FLAGS.task)

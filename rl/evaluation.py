@@ -142,20 +142,20 @@ def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
     """The recorded settings of the runs in ``logdir`` by trained method ({} where there is none), after
     checking that ``logdir`` is the folder of ``task``'s runs."""
     if os.path.isfile(logdir):
-        raise NotADirectoryError(f"--logdir={logdir} is a file, not the folder of a task's runs.")
+        raise NotADirectoryError(f"{logdir} is a file, not the folder of a task's runs.")
     own = recorded_config(logdir)
     if own.get("method"):
-        raise ValueError(f"{logdir} is one {own['method']} run; pass its parent folder (--logdir), which holds "
-                         f"the methods' runs as maml/, pretrained/, oracle/.")
+        raise ValueError(f"{logdir} is one {own['method']} run; pass its parent folder, which holds the methods' "
+                         f"runs as maml/, pretrained/, oracle/.")
     runs = {m: recorded_config(os.path.join(logdir, m)) for m in METHODS}
     for method, settings in runs.items():
         if settings.get("task", task) != task:
-            raise ValueError(f"{os.path.join(logdir, method)} is a {settings['task']!r} run, not {task!r}; pass "
-                             f"--task={settings['task']} or the folder of {task!r} runs.")
+            raise ValueError(f"{os.path.join(logdir, method)} is a {settings['task']!r} run, not {task!r}; "
+                             f"evaluate it as {settings['task']!r} or pass the folder of {task!r} runs.")
     if not any(runs.values()) and not methods_given:
         raise FileNotFoundError(f"No trained run in {logdir} (it has no maml/, pretrained/ or oracle/ run); "
-                                f"pass the folder of a task's runs, or --methods=random to evaluate only a random "
-                                f"initialisation.")
+                                f"pass the folder of a task's runs, or ask for the method random alone to evaluate "
+                                f"only a random initialisation.")
     return runs
 
 
@@ -170,7 +170,10 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     four, skipping (and listing under "skipped") a trained method without a checkpoint; a given list:
     each must have one. ``rollouts_per_task``, ``test_lr`` and ``batch_by`` override the test protocol
     (``TEST_PROTOCOL``; batches as the MAML run's, else the first trained baseline's). ``command`` is
-    recorded; ``verbose`` prints each method's returns beside the paper's as they come."""
+    recorded as the metrics' "command" (None unless given; rl/evaluate.py gives its command line);
+    ``verbose`` prints each method's returns beside the paper's as they come. TensorFlow's ops may run
+    concurrently unless the caller ran ``maml_tf.cli.one_op_at_a_time()`` first, as rl/evaluate.py does
+    (then the returns repeat exactly from one evaluation to the next)."""
     if task not in PRESETS:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
     methods_given = methods is not None

@@ -383,7 +383,8 @@ class StepsRelaxed:
 
 
 class MetaObjective:
-    """The functions of theta that TRPO needs, compiled once per data shape.
+    """The functions of theta that TRPO needs, each traced once with the rollouts' step axis unknown
+    (``StepsRelaxed``; with ``jit_compile``, XLA compiles the curvature product once per padded shape).
 
     ``pre`` (pre-update rollouts) is ignored when ``inner_steps == 0``.
     """

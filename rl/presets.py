@@ -47,7 +47,7 @@ class Preset:
 # Pass --inner_lr=0.1 / --iterations=500 for the text's values.
 # The locomotion presets use the authors' rllab half-cheetah and ant (the -v1 ids, rl/envs/__init__.py);
 # runs made with gymnasium's conventions (-v0) record that env id in their config.json, which
-# rl/evaluate.py follows.
+# rl.evaluation follows.
 PRESETS = {
     "navigation": Preset("maml_tf/Navigation2D-v1", "maml_tf/Navigation2DOracle-v1", 20, 100, 0.5, iterations=100),
     "halfcheetah_vel": Preset("maml_tf/HalfCheetahVel-v1", "maml_tf/HalfCheetahVelOracle-v1", 40, 200, 0.1,

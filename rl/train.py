@@ -63,7 +63,7 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_integer("meta_batch_size", preset.meta_batch_size, "Tasks per meta-iteration.")
     flags.DEFINE_integer("rollouts_per_task", 20, "Episodes per task for the inner step and for the meta-update.")
     flags.DEFINE_integer("horizon", preset.horizon, "Episode length.")
-    flags.DEFINE_float("inner_lr", preset.inner_lr, "Inner policy-gradient step size (navigation: see PRESETS).")
+    flags.DEFINE_float("inner_lr", preset.inner_lr, "Inner policy-gradient step size (navigation: see rl/presets.py).")
     flags.DEFINE_bool("first_order", False, "First-order MAML: do not differentiate through the inner gradient.")
     flags.DEFINE_float("max_kl", 0.01, "TRPO trust region: mean KL of the post-update policies.")
     flags.DEFINE_integer("cg_iterations", 10, "Conjugate-gradient iterations.")
@@ -124,10 +124,11 @@ PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
 # again; a changed value is announced and recorded in config.json under "changes" (a new iteration
 # count simply replaces the recorded one).
 RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout",
-                "jit_compile")
-# What runs recorded before one of the RESUMED_KEYS existed did (runs before --jit_compile had no XLA): such
-# a run resumes with it, like any recorded value, and a flag asking otherwise is recorded as a change.
-RESUMED_PREDATING = {"jit_compile": False}
+                "jit_compile", "deterministic")
+# What runs recorded before one of the RESUMED_KEYS existed did (runs before --jit_compile had no XLA, runs
+# before --deterministic ran ops concurrently): such a run resumes with it, like any recorded value, and a
+# flag asking otherwise is recorded as a change.
+RESUMED_PREDATING = {"jit_compile": False, "deterministic": False}
 # Settings of the model and its data (MODEL_KEYS set by flags) that a resumed run takes from its config.json
 # when the flag is not given: resuming needs only --logdir. A flag given with another value is refused.
 ADOPTED_KEYS = ("seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr", "first_order",
@@ -238,8 +239,6 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
 
 def train_task(task: str) -> dict:
     s = settings(task)
-    if s["deterministic"]:
-        one_op_at_a_time()
     logdir = s["logdir"]
     if os.path.isfile(logdir):
         raise NotADirectoryError(f"--logdir={logdir} is a file, not a run's folder.")
@@ -269,6 +268,8 @@ def train_task(task: str) -> dict:
         print(f"[{name}] resuming with the run's own {said} (from {os.path.join(logdir, 'config.json')})", flush=True)
     if recorded:
         _resume_settings(name, logdir, s, recorded, start)
+    if s["deterministic"]:  # (before TensorFlow runs its first op: nothing above runs one)
+        one_op_at_a_time()
     config = maml_trpo.Config.from_settings(s)
     with Sampler(s["env_id"], num_workers=FLAGS.num_workers, horizon=s["horizon"]) as sampler:
         model = build_policy(sampler, s["seed"])

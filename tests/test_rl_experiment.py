@@ -298,23 +298,25 @@ def test_half_cheetah_trains_on_the_authors_env_and_evaluate_follows_the_runs_en
     assert "trained on different environments" in mixed.stderr
 
 
-def test_a_run_recorded_before_jit_compile_resumes_without_it_unless_told(tmp_path):
-    """Runs recorded before --jit_compile existed had no XLA: resumed, they keep that, and a flag asking
-    for XLA is recorded as a change (it was once applied from the preset without a trace)."""
+@pytest.mark.parametrize("key", ["jit_compile", "deterministic"])
+def test_a_run_recorded_before_a_setting_resumes_as_it_ran_unless_told(tmp_path, key):
+    """Runs recorded before --jit_compile existed had no XLA, and before --deterministic ran TensorFlow's ops
+    concurrently: resumed, they keep that, and a flag asking otherwise is recorded as a change (XLA was once
+    applied from the preset without a trace)."""
     logdir = tmp_path / "maml"
     assert run("rl/train_navigation.py", *TINY, "--horizon=20", "--iterations=1", f"--logdir={logdir}").returncode == 0
     config = json.loads((logdir / "config.json").read_text())
-    del config["jit_compile"]  # as the config.json of a run from before the flag
+    del config[key]  # as the config.json of a run from before the flag
     (logdir / "config.json").write_text(json.dumps(config))
     kept = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
     assert kept.returncode == 0, kept.stderr[-2000:]
-    assert json.loads((logdir / "training.json").read_text())["settings"]["jit_compile"] is False
+    assert json.loads((logdir / "training.json").read_text())["settings"][key] is False
     assert "changes" not in json.loads((logdir / "config.json").read_text())
-    told = run("rl/train_navigation.py", *TINY, "--iterations=3", "--jit_compile", f"--logdir={logdir}")
+    told = run("rl/train_navigation.py", *TINY, "--iterations=3", f"--{key}", f"--logdir={logdir}")
     assert told.returncode == 0, told.stderr[-2000:]
-    assert "resuming at iteration 2 with jit_compile=True (the run so far: False)" in told.stdout
-    assert json.loads((logdir / "config.json").read_text())["changes"] == [{"from_iteration": 2, "jit_compile": True}]
-    assert json.loads((logdir / "training.json").read_text())["settings"]["jit_compile"] is True
+    assert f"resuming at iteration 2 with {key}=True (the run so far: False)" in told.stdout
+    assert json.loads((logdir / "config.json").read_text())["changes"] == [{"from_iteration": 2, key: True}]
+    assert json.loads((logdir / "training.json").read_text())["settings"][key] is True
 
 
 def test_sigterm_to_the_process_group_saves_like_ctrl_c(tmp_path):
