@@ -252,8 +252,10 @@ def train_task(task: str) -> dict:
                          f"uses every rollout.")
     # a config.json beside no checkpoint is that of a start that failed: it binds nothing
     recorded = recorded_config(logdir) if has_checkpoint(logdir) else {}
-    start = check_iterations(logdir, s["iterations"] if FLAGS["iterations"].present else current_settings(
-        recorded).get("iterations", s["iterations"]), to_evaluate="rl/evaluate.py")  # (without --iterations: the run's)
+    # without --iterations: the run's own
+    iterations = s["iterations"] if FLAGS["iterations"].present else current_settings(recorded).get(
+        "iterations", s["iterations"])
+    start = check_iterations(logdir, iterations, to_evaluate="rl/evaluate.py")
     for key, (then, what) in PREDATING_DEFAULTS.items():
         if recorded and key not in recorded:
             if FLAGS[key].present and FLAGS[key].value != then:
@@ -263,6 +265,10 @@ def train_task(task: str) -> dict:
     name = f"{task}/{s['method']}"
     adopted = _adopt_recorded(s, recorded)
     check_config(logdir, s, MODEL_KEYS)
+    if recorded and start == iterations:  # a finished run: leave its files as they are
+        print(f"[{name}] {logdir} is at iteration {start} already: nothing to train; pass a larger --iterations to "
+              f"extend it, or evaluate it with rl/evaluate.py.", flush=True)
+        return {"task": task, "method": s["method"], "iterations": start}
     if adopted:
         said = ", ".join(f"{k}={v!r}" for k, v in adopted.items())
         print(f"[{name}] resuming with the run's own {said} (from {os.path.join(logdir, 'config.json')})", flush=True)

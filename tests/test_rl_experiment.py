@@ -83,6 +83,19 @@ def test_sampler_workers_reimport_the_entry_point_without_tensorflow(script):
     assert last_line(out.stdout) == "[]", out.stdout
 
 
+def test_running_a_finished_run_again_changes_none_of_its_files(tmp_path):
+    """The training command of a run that has reached its iterations (e.g. a committed result) trains
+    nothing and writes nothing: no training.json, config.json "changes" or TensorBoard file of its own."""
+    logdir = tmp_path / "maml"
+    assert run("rl/train_navigation.py", *TINY, "--horizon=10", "--iterations=2", f"--logdir={logdir}").returncode == 0
+    before = {p: p.read_bytes() for p in logdir.rglob("*") if p.is_file()}
+    for extra in ([], ["--iterations=2", "--nodeterministic", "--max_kl=0.02"]):
+        again = run("rl/train_navigation.py", *TINY, *extra, f"--logdir={logdir}")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"{logdir} is at iteration 2 already: nothing to train" in again.stdout
+        assert {p: p.read_bytes() for p in logdir.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("key,flag,refusal,then", [
     ("batch_by", "--batch_by=steps", "sampled by episodes", "episodes"),
     ("stratified_tasks", "--stratified_tasks", "drew each batch's tasks independently", False),
