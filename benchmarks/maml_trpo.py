@@ -37,12 +37,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py (TF_ENABLE
 
 # No TensorFlow at the top: the sampler's worker processes re-import this file (main imports the learner).
 from maml_tf.cli import one_op_at_a_time, quiet_tensorflow  # noqa: E402
-from rl.presets import CURVATURES, PRESETS  # noqa: E402
+from rl.presets import CURVATURES, PRESETS, RL_LAYOUTS  # noqa: E402
 
-ENV_IDS = {"halfcheetah_vel": "maml_tf/HalfCheetahVel-v1", "halfcheetah_dir": "maml_tf/HalfCheetahDir-v1",
-           "ant_vel": "maml_tf/AntVel-v1", "ant_dir": "maml_tf/AntDir-v1", "navigation": "maml_tf/Navigation2D-v1"}
-
-flags.DEFINE_enum("task", "halfcheetah_vel", sorted(ENV_IDS), "Environment family.")
+flags.DEFINE_enum("task", "halfcheetah_vel", sorted(PRESETS), "Environment family (its preset's env id).")
 flags.DEFINE_integer("num_tasks", 40, "Meta-batch size (paper: 40).", lower_bound=1)
 flags.DEFINE_integer("rollouts", 20, "Rollouts per task (paper: 20).", lower_bound=1)
 flags.DEFINE_integer("horizon", 200, "Steps per episode (paper: 200).", lower_bound=1)
@@ -52,7 +49,7 @@ flags.DEFINE_enum("curvature", "gauss_newton", CURVATURES, "KL Hessian-vector pr
 flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of post-update rollouts used for the Fisher matrix in the curvature.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("first_order", False, "First-order MAML.")
-flags.DEFINE_enum("layout", None, ("vectorized", "loop"), "Per-task layout (default: the task's training default, "
+flags.DEFINE_enum("layout", None, RL_LAYOUTS, "Per-task layout (default: the task's training default, "
                   "rl/presets.py).")
 flags.DEFINE_bool("jit_compile", None, "Compile the curvature products with XLA (default: the task's training "
                   "default, rl/presets.py).")
@@ -83,7 +80,7 @@ def main(argv):
                               curvature=FLAGS.curvature, hvp_subsample=FLAGS.hvp_subsample, layout=layout,
                               jit_compile=jit_compile)
     load_before = os.getloadavg()[0]
-    with Sampler(ENV_IDS[FLAGS.task], num_workers=FLAGS.num_workers, horizon=FLAGS.horizon) as sampler:
+    with Sampler(preset.env_id, num_workers=FLAGS.num_workers, horizon=FLAGS.horizon) as sampler:
         sampler.reserve(FLAGS.num_tasks * FLAGS.rollouts)
         model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, seed=FLAGS.seed)
         learner = maml_trpo.MAMLTRPO(model, sampler, config)
