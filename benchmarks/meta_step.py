@@ -29,13 +29,15 @@ windows a last worker measures this machine's best fp32 rate on a large matrix p
 large-batch convolution (``peak_gflops``, best of 5). ``floor_ms_per_iter`` = the step's arithmetic at
 that rate: no layout that does the same arithmetic can be faster. ``max_speedup`` = the loop's time
 over that floor, the most any such layout could gain over the loop on this machine; ``gflops`` per
-variant is the rate it reaches. A variant is ``layout[+xla][+eigen][+bf16][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``, ``batched+bf16``
+variant is the rate it reaches. A variant is ``layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``, ``batched+bf16``
 (convolutions and matrix products in bfloat16, batched layout only: the same multiply-adds at lower
 precision, so the fp32 floor does not bound it),
 ``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``, ``loop+eigen`` (TensorFlow's
 own CPU kernels instead of oneDNN: ``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's default on CPUs without
 AVX-512; every other variant runs with oneDNN, which the batched layout's grouped convolutions need
-on a CPU).
+on a CPU), ``loop+nomemopt`` (Grappler's memory optimizer off, as the few-shot entry points run by
+default with ``--deterministic``: ``maml_tf.cli.without_memory_optimizer``; the other variants keep
+TensorFlow's default).
 
     python benchmarks/meta_step.py
     python benchmarks/meta_step.py --settings=5way1shot --variants=batched,batched@1x1,loop@1x1 --windows=5
@@ -65,10 +67,10 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = ["5way1shot", "20way1shot"]  # the two the speed target names
 LAYOUTS = ("loop", "vectorized", "batched")
-VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(?P<bf16>\+bf16)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
+VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(?P<bf16>\+bf16)?(?P<nomemopt>\+nomemopt)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
 
 flags.DEFINE_list("settings", DEFAULT_SETTINGS, f"Settings to run: {', '.join(SETTINGS)}.")
-flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][+bf16][@INTRAxINTER].")
+flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER].")
 flags.DEFINE_string("reference", "loop", "The denominator variant.")
 flags.DEFINE_integer("iters", 5, "Iterations per timed window.", lower_bound=1)
 flags.DEFINE_integer("windows", 3, "Timed windows per variant (interleaved across variants).", lower_bound=1)
@@ -93,6 +95,7 @@ def parse_variant(spec: str) -> dict:
     m = VARIANT.match(spec)
     return {"layout": m.group("layout"), "jit_compile": bool(m.group("xla")), "onednn": not m.group("eigen"),
             "compute_dtype": "bfloat16" if m.group("bf16") else "float32",
+            "memory_optimizer": not m.group("nomemopt"),
             "intra_op_threads": int(m.group("intra") or 0), "inter_op_threads": int(m.group("inter") or 0)}
 
 
@@ -132,6 +135,9 @@ def run_child(setting: str, spec: str) -> None:
     import numpy as np
     import tensorflow as tf
 
+    if not var["memory_optimizer"]:  # as the few-shot entry points run by default (--deterministic)
+        from maml_tf.cli import without_memory_optimizer
+        without_memory_optimizer()
     if var["intra_op_threads"]:
         tf.config.threading.set_intra_op_parallelism_threads(var["intra_op_threads"])
     if var["inter_op_threads"]:

@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
     from experiments.fewshot_flags import (DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS,
                                            OUTPUT_INITS)
 from maml_tf import batched, evaluation, maml
-from maml_tf.cli import machine_info, read_json
+from maml_tf.cli import machine_info, read_json, without_memory_optimizer
 from maml_tf.functional import batch_norm_weights, get_weights
 from maml_tf.training import (CheckpointError, check_config, check_iterations, has_checkpoint, latest_iteration,
                                make_checkpoint, make_train_step, restore, train)
@@ -491,6 +491,8 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
 def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
     """What both entry points do first: TensorFlow threads from the flags, and the run's settings
     (in ``--eval_only`` or when ``--logdir`` holds a run, those stored there)."""
+    if flag_values.deterministic:
+        without_memory_optimizer()
     if flag_values.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(flag_values.intra_op_threads)
     if flag_values.inter_op_threads:

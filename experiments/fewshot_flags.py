@@ -84,6 +84,10 @@ def define_run_flags(eval_batch_size: int) -> None:
                       "Precision of the meta-training step's convolutions and matrix products (batched layout; "
                       "bfloat16 made the step only 3-8% faster on an AVX512_BF16 CPU, see README). Weights, batch "
                       "norm, losses and Adam stay float32; validation and test always run in float32.")
+    flags.DEFINE_bool("deterministic", True,
+                      "Turn off Grappler's memory optimizer, so that a command repeats bit for bit (with it on, "
+                      "the per-task loop of the 5-shot presets sums gradients in the order they arrive; README); "
+                      "--nodeterministic keeps TensorFlow's default.")
     flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default).")
     flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TensorFlow's default).")
     for name in ("eval_tasks", "val_tasks", "checkpoint_every", "log_every", "eval_batch_size"):
