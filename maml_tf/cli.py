@@ -66,8 +66,8 @@ def without_memory_optimizer() -> None:
     per-task loop of the 5-shot Omniglot presets, 32 tasks unrolled into one graph), that pass rewrites
     every AddN of more than two inputs live at the peak into additions to a temporary variable in the
     order the inputs arrive. Sums of gradients then vary in their last bits from one run of a command to
-    the next, and over training by up to 1e-2 (two 20-iteration 5-way 5-shot runs); with the pass off
-    they repeat exactly, at the same speed and less memory (README, "Reproducibility"). TensorFlow 2 has
+    the next, and over training by up to 1.3e-2 (two 20-iteration 5-way 5-shot runs); with the pass off
+    they repeat exactly, at the same speed and less memory (README, under `training.train`). TensorFlow 2 has
     no public switch for this pass (``tf.config.optimizer.set_experimental_options`` has no
     ``memory_optimization``), so this sets it in the eager context's base ``ConfigProto``, the one its
     runtime options are applied to. Call it before TensorFlow runs its first op; later it raises
