@@ -76,6 +76,10 @@ def without_memory_optimizer() -> None:
     from tensorflow.python.eager import context
 
     ctx = context.context()
+    if not (hasattr(ctx, "_context_handle") and hasattr(ctx, "_config")):
+        import tensorflow as tf
+        raise ValueError(f"TensorFlow {tf.__version__} does not keep its configuration where maml_tf turns off "
+                         "Grappler's memory optimizer; run with --nodeterministic.")
     if ctx._context_handle is not None:  # as tf.config.threading refuses changes after initialization
         raise RuntimeError("The memory optimizer cannot be turned off after TensorFlow has been initialized.")
     config = config_pb2.ConfigProto()

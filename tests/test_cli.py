@@ -106,3 +106,12 @@ def test_the_memory_optimizer_cannot_be_turned_off_once_tensorflow_runs():
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)})
     assert "REFUSED The memory optimizer cannot be turned off after TensorFlow has been initialized." in out.stdout, \
         out.stdout + out.stderr[-2000:]
+
+
+def test_a_tensorflow_without_the_private_configuration_is_one_sentence(monkeypatch):
+    from tensorflow.python.eager import context
+
+    from maml_tf.cli import EXPECTED_ERRORS, without_memory_optimizer
+    monkeypatch.setattr(context, "context", lambda: object())  # a context without _context_handle and _config
+    with pytest.raises(EXPECTED_ERRORS, match="run with --nodeterministic"):
+        without_memory_optimizer()
