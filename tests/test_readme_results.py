@@ -127,3 +127,21 @@ def test_benchmark_rows_match_their_jsonl():
             seconds = [r["s_per_iter"] for r in records if "s_per_iter" in r]
             idle = numbers(row["ours"].split("(")[0])  # the idle runs' seconds, before the parenthesis
             assert idle and all(any(matches(p, s) for s in seconds) for p in idle), (row["ours"], seconds)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation other than '-' dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_github_anchor_follows_githubs_rule():
+    assert github_anchor("Few-shot classification: Omniglot and MiniImagenet (paper section 5.2, Table 1)") == \
+        "few-shot-classification-omniglot-and-miniimagenet-paper-section-52-table-1"
+
+
+def test_readme_links_to_its_own_sections_resolve():
+    text = re.sub(r"^```.*?^```", "", README.read_text(), flags=re.M | re.S)  # a '# comment' in code is no heading
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links, "the README links to its own sections (contents line, results table)"
+    assert [link for link in links if link not in anchors] == []
