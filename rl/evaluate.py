@@ -43,6 +43,8 @@ flags.DEFINE_enum("batch_by", None, BATCH_BY, "steps: each step's batch is at le
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
 flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.",
                      lower_bound=0)
+flags.DEFINE_enum("test_tasks", "seeded", ("seeded", "authors"), "seeded: test tasks drawn with --seed; authors: "
+                  "the 40 of the authors' test scripts, on which the paper's returns were measured (rl.evaluation).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.DEFINE_bool("deterministic", True, "Run TensorFlow's ops one at a time, as rl/train.py does, so that an "
                   "evaluation repeats its numbers exactly (--nodeterministic: concurrently).")
@@ -65,7 +67,8 @@ def main(argv):
     metrics = evaluation.evaluate(
         FLAGS.task, logdir, FLAGS.methods if FLAGS["methods"].present else None, num_tasks=FLAGS.num_tasks,
         steps=FLAGS.steps, rollouts_per_task=FLAGS.rollouts_per_task, test_lr=FLAGS.test_lr,
-        batch_by=FLAGS.batch_by, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed, num_workers=FLAGS.num_workers,
+        batch_by=FLAGS.batch_by, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed, test_tasks=FLAGS.test_tasks,
+        num_workers=FLAGS.num_workers,
         command=" ".join(["python", "rl/evaluate.py"] + sys.argv[1:]))
     path, figure = evaluation.write(metrics, logdir)
     print(f"wrote {path} and {figure}")

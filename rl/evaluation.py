@@ -33,6 +33,13 @@ what the MAML run was trained with, ``episodes`` for runs that predate the optio
 results re-evaluate to their numbers). ``rollouts_per_task`` and ``test_lr`` override the protocol
 for every method. The metrics hold means and standard errors, and each test task's parameters under
 ``tasks`` with its returns under ``results.<method>.per_task``.
+
+Test tasks: ``test_tasks="seeded"`` (default) draws them from the task family with
+``np.random.default_rng(seed)``; ``"authors"`` takes the ones of the authors' test scripts, whose returns
+the paper reports: legacy NumPy seeded with ``np.random.seed(1)`` (2 for ant forward/backward), then
+``np.random.uniform(low, high, size=n)``: 2D goals in [-0.5, 0.5]^2, goal velocities in [0, 2]
+(half-cheetah) or [0, 3] (ant), and for forward/backward a number in [0, 2] or [0, 3] whose lower half
+means backward (their environments' ``goal_direction``); ``TestProtocol.goals`` holds those settings.
 """
 
 from __future__ import annotations
@@ -61,15 +68,29 @@ class TestProtocol:
     rollouts: int               # per task and step (their VPG batch_size / horizon)
     first_lr: dict              # method -> first step size (MAML: None = its meta-training inner lr)
     later_factor: float = 0.5   # later steps use first_lr * later_factor
+    # the test tasks of their script: (legacy NumPy seed, low, high, goal shape, direction threshold or None)
+    goals: tuple = (1, 0.0, 2.0, (), None)
 
 
 TEST_PROTOCOL = {
-    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5}),
-    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1}),
-    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
-    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}),
-    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01),
+    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5}, goals=(1, -0.5, 0.5, (2,), None)),
+    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1}, goals=(1, 0.0, 2.0, (), None)),
+    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}, goals=(1, 0.0, 2.0, (), 1.0)),
+    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}, goals=(1, 0.0, 3.0, (), None)),
+    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01,
+                            goals=(2, 0.0, 3.0, (), 1.5)),
 }
+TEST_TASKS = ("seeded", "authors")
+
+
+def authors_test_tasks(task: str, num_tasks: int = 40) -> np.ndarray:
+    """The test tasks of the authors' test script for ``task`` (the first ``num_tasks`` of its draws; it
+    draws 40): goal velocities, directions (+1 / -1) or 2D goals, as ``Sampler.sample_tasks`` returns them."""
+    seed, low, high, shape, threshold = TEST_PROTOCOL[task].goals
+    draws = np.random.RandomState(seed).uniform(low, high, size=(num_tasks,) + tuple(shape))
+    if threshold is None:
+        return draws
+    return np.where(draws < threshold, -1.0, 1.0)
 
 
 def step_sizes(task: str, method: str, maml_inner_lr: float, steps: int, test_lr: float | None = None) -> list:
@@ -161,10 +182,11 @@ def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
 
 def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, num_tasks: int = 40,
              steps: int = 3, rollouts_per_task: int | None = None, test_lr: float | None = None,
-             batch_by: str | None = None, checkpoint: str = "best", seed: int = 1,
+             batch_by: str | None = None, checkpoint: str = "best", seed: int = 1, test_tasks: str = "seeded",
              num_workers: int | None = None, command: str | None = None, verbose: bool = True) -> dict:
-    """Returns after 0..``steps`` policy-gradient steps on ``num_tasks`` test tasks (drawn with ``seed``)
-    for each method, as the metrics of ``results/rl/<task>/metrics.json``.
+    """Returns after 0..``steps`` policy-gradient steps on ``num_tasks`` test tasks (drawn with ``seed``, or
+    the authors' with ``test_tasks="authors"``: module docstring) for each method, as the metrics of
+    ``results/rl/<task>/metrics.json``; ``seed`` also seeds the rollouts and the random initialisation.
 
     ``logdir`` holds the trained runs as ``maml/``, ``pretrained/``, ``oracle/``. ``methods`` None: all
     four, skipping (and listing under "skipped") a trained method without a checkpoint; a given list:
@@ -191,6 +213,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
         raise ValueError(f"batch_by must be one of {BATCH_BY}, got {batch_by!r}.")
     if checkpoint not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
+    if test_tasks not in TEST_TASKS:
+        raise ValueError(f"test_tasks must be one of {TEST_TASKS}, got {test_tasks!r}.")
     preset = PRESETS[task]
     runs = _check_runs(task, logdir, methods_given)
     trained = [m for m in METHODS if runs[m]]
@@ -218,7 +242,9 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
                          f"runs of one environment version together.")
     for method in methods:
         with Sampler(env_ids[method], num_workers=num_workers, horizon=horizon) as sampler:
-            if tasks is None:
+            if tasks is None and test_tasks == "authors":
+                tasks = authors_test_tasks(task, num_tasks)  # the sampler checks them against the family
+            elif tasks is None:
                 tasks = sampler.sample_tasks(num_tasks, np.random.default_rng(seed))
             if method == "random":
                 keras.utils.set_random_seed(seed)
@@ -260,7 +286,7 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
                    "num_tasks": num_tasks, "steps": steps, "rollouts_per_task": rollouts,
                    "batch_by": batch_by,
                    "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
-                   "checkpoint": checkpoint, "methods": methods,
+                   "checkpoint": checkpoint, "methods": methods, "test_tasks": test_tasks,
                    "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
                                 if k in maml_run}},
         "seed": seed,
@@ -273,7 +299,9 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
         "training": training,
         "machine": machine_info(),
         "command": command,
-        "protocol": (f"{num_tasks} test tasks (seed {seed}); {batch_text}; "
+        "protocol": ((f"{num_tasks} test tasks (seed {seed}); " if test_tasks == "seeded" else
+                      f"the authors' {num_tasks} test tasks (their test script's legacy NumPy draws; rollout seed "
+                      f"{seed}); ") + f"{batch_text}; "
                      f"return = mean undiscounted return of a task's rollouts, averaged over tasks; "
                      f"stderr = std over tasks / sqrt(num_tasks); step sizes per method in config.test_lrs "
                      f"(the authors' test scripts unless overridden)"),
