@@ -41,10 +41,11 @@ flags.DEFINE_enum("batch_by", None, BATCH_BY, "steps: each step's batch is at le
                   "environment steps per task in whole episodes (the authors' test scripts); episodes: exactly "
                   "rollouts_per_task episodes. Default: the MAML run's setting (episodes if it has none).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
-flags.DEFINE_integer("seed", 1, "Seed of the test tasks, the rollouts and the random initialisation.",
+flags.DEFINE_integer("seed", 1, "Seed of the rollouts, the random initialisation and (--test_tasks=seeded) the test tasks.",
                      lower_bound=0)
-flags.DEFINE_enum("test_tasks", "seeded", ("seeded", "authors"), "seeded: test tasks drawn with --seed; authors: "
-                  "the 40 of the authors' test scripts, on which the paper's returns were measured (rl.evaluation).")
+flags.DEFINE_enum("test_tasks", "authors", ("authors", "seeded"), "authors: the 40 test tasks of the authors' test "
+                  "scripts, on which the paper's returns were measured (rl.evaluation); seeded: drawn with --seed "
+                  "(evaluations before 2026-12-05).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.DEFINE_bool("deterministic", True, "Run TensorFlow's ops one at a time, as rl/train.py does, so that an "
                   "evaluation repeats its numbers exactly (--nodeterministic: concurrently).")

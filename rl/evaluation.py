@@ -34,12 +34,14 @@ results re-evaluate to their numbers). ``rollouts_per_task`` and ``test_lr`` ove
 for every method. The metrics hold means and standard errors, and each test task's parameters under
 ``tasks`` with its returns under ``results.<method>.per_task``.
 
-Test tasks: ``test_tasks="seeded"`` (default) draws them from the task family with
-``np.random.default_rng(seed)``; ``"authors"`` takes the ones of the authors' test scripts, whose returns
-the paper reports: legacy NumPy seeded with ``np.random.seed(1)`` (2 for ant forward/backward), then
+Test tasks: ``test_tasks="authors"`` (the default since 2026-12-05) takes the ones of the authors' test
+scripts, on which the paper's returns were measured: legacy NumPy seeded with ``np.random.seed(1)`` (2 for
+ant forward/backward), then
 ``np.random.uniform(low, high, size=n)``: 2D goals in [-0.5, 0.5]^2, goal velocities in [0, 2]
 (half-cheetah) or [0, 3] (ant), and for forward/backward a number in [0, 2] or [0, 3] whose lower half
 means backward (their environments' ``goal_direction``); ``TestProtocol.goals`` holds those settings.
+``"seeded"`` draws them from the task family with ``np.random.default_rng(seed)`` (evaluations made
+before 2026-12-05 did that, with seed 1; their metrics.json has no ``config.test_tasks``).
 """
 
 from __future__ import annotations
@@ -182,10 +184,10 @@ def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
 
 def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, num_tasks: int = 40,
              steps: int = 3, rollouts_per_task: int | None = None, test_lr: float | None = None,
-             batch_by: str | None = None, checkpoint: str = "best", seed: int = 1, test_tasks: str = "seeded",
+             batch_by: str | None = None, checkpoint: str = "best", seed: int = 1, test_tasks: str = "authors",
              num_workers: int | None = None, command: str | None = None, verbose: bool = True) -> dict:
-    """Returns after 0..``steps`` policy-gradient steps on ``num_tasks`` test tasks (drawn with ``seed``, or
-    the authors' with ``test_tasks="authors"``: module docstring) for each method, as the metrics of
+    """Returns after 0..``steps`` policy-gradient steps on ``num_tasks`` test tasks (the authors', or with
+    ``test_tasks="seeded"`` drawn with ``seed``: module docstring) for each method, as the metrics of
     ``results/rl/<task>/metrics.json``; ``seed`` also seeds the rollouts and the random initialisation.
 
     ``logdir`` holds the trained runs as ``maml/``, ``pretrained/``, ``oracle/``. ``methods`` None: all

@@ -64,12 +64,13 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     assert again["config"]["test_lrs"] == m["config"]["test_lrs"] and again["tasks"] == m["tasks"]
     for method in ("maml", "random"):
         assert np.allclose(again["results"][method]["returns"], m["results"][method]["returns"], rtol=1e-4, atol=1e-3)
-    # the authors' test goals instead of seeded ones: the first 3 of their script's 40
-    authors = evaluation.evaluate("navigation", str(tmp_path), ["maml"], num_tasks=3, rollouts_per_task=2,
-                                  num_workers=0, verbose=False, test_tasks="authors")
-    assert np.array_equal(authors["tasks"], evaluation.authors_test_tasks("navigation", 40)[:3])
-    assert authors["config"]["test_tasks"] == "authors" and "the authors' 3 test tasks" in authors["protocol"]
-    assert m["config"]["test_tasks"] == "seeded" and authors["tasks"] != m["tasks"]
+    # by default the authors' test goals (the first 3 of their script's 40); seeded ones on request
+    assert np.array_equal(m["tasks"], evaluation.authors_test_tasks("navigation", 40)[:3])
+    assert m["config"]["test_tasks"] == "authors" and "the authors' 3 test tasks" in m["protocol"]
+    seeded = evaluation.evaluate("navigation", str(tmp_path), ["maml"], num_tasks=3, rollouts_per_task=2,
+                                 num_workers=0, verbose=False, test_tasks="seeded")
+    assert np.array_equal(seeded["tasks"], np.random.default_rng(1).uniform(-0.5, 0.5, size=(3, 2)))
+    assert seeded["config"]["test_tasks"] == "seeded" and "test tasks (seed 1)" in seeded["protocol"]
     with pytest.raises(ValueError, match="test_tasks"):
         evaluation.evaluate("navigation", str(tmp_path), ["maml"], test_tasks="paper")
     with pytest.raises(ValueError, match="subset"):
