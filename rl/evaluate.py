@@ -41,7 +41,8 @@ flags.DEFINE_enum("batch_by", None, BATCH_BY, "steps: each step's batch is at le
                   "environment steps per task in whole episodes (the authors' test scripts); episodes: exactly "
                   "rollouts_per_task episodes. Default: the MAML run's setting (episodes if it has none).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Which checkpoint of each trained method to evaluate.")
-flags.DEFINE_integer("seed", 1, "Seed of the rollouts, the random initialisation and (--test_tasks=seeded) the test tasks.",
+flags.DEFINE_integer("seed", 1, "Seed of the rollouts, the random initialisation and (--test_tasks=seeded) the "
+                     "test tasks.",
                      lower_bound=0)
 flags.DEFINE_enum("test_tasks", "authors", ("authors", "seeded"), "authors: the 40 test tasks of the authors' test "
                   "scripts, on which the paper's returns were measured (rl.evaluation); seeded: drawn with --seed "

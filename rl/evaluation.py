@@ -36,10 +36,9 @@ for every method. The metrics hold means and standard errors, and each test task
 
 Test tasks: ``test_tasks="authors"`` (the default since 2026-12-05) takes the ones of the authors' test
 scripts, on which the paper's returns were measured: legacy NumPy seeded with ``np.random.seed(1)`` (2 for
-ant forward/backward), then
-``np.random.uniform(low, high, size=n)``: 2D goals in [-0.5, 0.5]^2, goal velocities in [0, 2]
-(half-cheetah) or [0, 3] (ant), and for forward/backward a number in [0, 2] or [0, 3] whose lower half
-means backward (their environments' ``goal_direction``); ``TestProtocol.goals`` holds those settings.
+ant forward/backward), then ``np.random.uniform(low, high, size=n)``: 2D goals in [-0.5, 0.5]^2, goal
+velocities in [0, 2] (half-cheetah) or [0, 3] (ant), and for forward/backward a number in [0, 2] or
+[0, 3] whose lower half means backward (their environments' ``goal_direction``); ``TestProtocol.goals`` holds those settings.
 ``"seeded"`` draws them from the task family with ``np.random.default_rng(seed)`` (evaluations made
 before 2026-12-05 did that, with seed 1; their metrics.json has no ``config.test_tasks``).
 """
@@ -75,10 +74,14 @@ class TestProtocol:
 
 
 TEST_PROTOCOL = {
-    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5}, goals=(1, -0.5, 0.5, (2,), None)),
-    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1}, goals=(1, 0.0, 2.0, (), None)),
-    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}, goals=(1, 0.0, 2.0, (), 1.0)),
-    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0}, goals=(1, 0.0, 3.0, (), None)),
+    "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5},
+                               goals=(1, -0.5, 0.5, (2,), None)),
+    "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1},
+                                    goals=(1, 0.0, 2.0, (), None)),
+    "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0},
+                                    goals=(1, 0.0, 2.0, (), 1.0)),
+    "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0},
+                            goals=(1, 0.0, 3.0, (), None)),
     "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01,
                             goals=(2, 0.0, 3.0, (), 1.5)),
 }
