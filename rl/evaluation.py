@@ -38,8 +38,8 @@ Test tasks: ``test_tasks="authors"`` (the default since 2026-12-05) takes the on
 scripts, on which the paper's returns were measured: legacy NumPy seeded with ``np.random.seed(1)`` (2 for
 ant forward/backward), then ``np.random.uniform(low, high, size=n)``: 2D goals in [-0.5, 0.5]^2, goal
 velocities in [0, 2] (half-cheetah) or [0, 3] (ant), and for forward/backward a number in [0, 2] or
-[0, 3] whose lower half means backward (their environments' ``goal_direction``); ``TestProtocol.goals`` holds those settings.
-``"seeded"`` draws them from the task family with ``np.random.default_rng(seed)`` (evaluations made
+[0, 3] whose lower half means backward (their environments' ``goal_direction``); ``TestProtocol.goals``
+holds those settings. ``"seeded"`` draws them from the task family with ``np.random.default_rng(seed)`` (evaluations made
 before 2026-12-05 did that, with seed 1; their metrics.json has no ``config.test_tasks``).
 """
 
