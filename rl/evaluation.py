@@ -39,8 +39,8 @@ scripts, on which the paper's returns were measured: legacy NumPy seeded with ``
 ant forward/backward), then ``np.random.uniform(low, high, size=n)``: 2D goals in [-0.5, 0.5]^2, goal
 velocities in [0, 2] (half-cheetah) or [0, 3] (ant), and for forward/backward a number in [0, 2] or
 [0, 3] whose lower half means backward (their environments' ``goal_direction``); ``TestProtocol.goals``
-holds those settings. ``"seeded"`` draws them from the task family with ``np.random.default_rng(seed)`` (evaluations made
-before 2026-12-05 did that, with seed 1; their metrics.json has no ``config.test_tasks``).
+holds those settings. ``"seeded"`` draws them from the task family with ``np.random.default_rng(seed)``
+(evaluations made before 2026-12-05 did that, with seed 1; their metrics.json has no ``config.test_tasks``).
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ class TestProtocol:
 
     rollouts: int               # per task and step (their VPG batch_size / horizon)
     first_lr: dict              # method -> first step size (MAML: None = its meta-training inner lr)
-    later_factor: float = 0.5   # later steps use first_lr * later_factor
     # the test tasks of their script: (legacy NumPy seed, low, high, goal shape, direction threshold or None)
-    goals: tuple = (1, 0.0, 2.0, (), None)
+    goals: tuple
+    later_factor: float = 0.5   # later steps use first_lr * later_factor
 
 
 TEST_PROTOCOL = {
@@ -82,8 +82,8 @@ TEST_PROTOCOL = {
                                     goals=(1, 0.0, 2.0, (), 1.0)),
     "ant_vel": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0},
                             goals=(1, 0.0, 3.0, (), None)),
-    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0}, later_factor=0.01,
-                            goals=(2, 0.0, 3.0, (), 1.5)),
+    "ant_dir": TestProtocol(40, {"maml": None, "pretrained": 0.2, "random": 1.0},
+                            goals=(2, 0.0, 3.0, (), 1.5), later_factor=0.01),
 }
 TEST_TASKS = ("seeded", "authors")
 
