@@ -4,6 +4,7 @@ the oracle; the command line of :mod:`rl.evaluation`, whose docstring gives the 
 
     python rl/evaluate.py --task=navigation                  # reads results/rl/navigation/<method>/
     python rl/evaluate.py --task=halfcheetah_vel --methods=maml,random
+    python rl/evaluate.py --task=navigation --figure_only    # redraws the figure from metrics.json
 
 Writes <logdir>/metrics.json (means and standard errors, each test task's parameters and returns) and
 <logdir>/figure_returns.png, the paper's numbers beside ours.
@@ -48,6 +49,8 @@ flags.DEFINE_enum("test_tasks", "authors", ("authors", "seeded"), "authors: the 
                   "scripts, on which the paper's returns were measured (rl.evaluation); seeded: drawn with --seed "
                   "(evaluations before 2026-12-05).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
+flags.DEFINE_bool("figure_only", False, "Only redraw <logdir>/figure_returns.png from the existing "
+                  "<logdir>/metrics.json; evaluates nothing and leaves metrics.json as it is.")
 flags.DEFINE_bool("deterministic", True, "Run TensorFlow's ops one at a time, as rl/train.py does, so that an "
                   "evaluation repeats its numbers exactly (--nodeterministic: concurrently).")
 flags.mark_flag_as_required("task")
@@ -66,6 +69,9 @@ def main(argv):
     from rl import evaluation
 
     logdir = FLAGS.logdir or os.path.join("results", "rl", FLAGS.task)
+    if FLAGS.figure_only:
+        print(f"wrote {evaluation.redraw(logdir)}")
+        return 0
     metrics = evaluation.evaluate(
         FLAGS.task, logdir, FLAGS.methods if FLAGS["methods"].present else None, num_tasks=FLAGS.num_tasks,
         steps=FLAGS.steps, rollouts_per_task=FLAGS.rollouts_per_task, test_lr=FLAGS.test_lr,

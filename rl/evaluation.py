@@ -134,7 +134,19 @@ def summarize(per_task: np.ndarray) -> dict:
             "num_tasks": int(n)}
 
 
-def figure(task: str, results: dict, path: str) -> None:
+def tasks_label(metrics: dict) -> str:
+    """Whose test tasks a metrics.json measured on, for figure titles: evaluations before 2026-12-05 record no
+    ``config.test_tasks`` and used seeded ones."""
+    config = metrics.get("config", {})
+    n = config.get("num_tasks") or metrics["results"][next(iter(metrics["results"]))]["num_tasks"]
+    if config.get("test_tasks", "seeded") == "authors":
+        return f"the authors' {n} test tasks"
+    return f"{n} seeded test tasks (seed {metrics.get('seed', '?')})"
+
+
+def figure(task: str, results: dict, path: str, tasks: str | None = None) -> None:
+    """The paper's Figure 4/5 style: return after 0..S steps per method, ours with standard errors, the
+    paper's points marked; ``tasks`` (``tasks_label``) names the test tasks in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,7 +169,8 @@ def figure(task: str, results: dict, path: str) -> None:
     ax.set_xticks(range(max(steps, 4)))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
-    ax.set_title(f"{task}: return after fine-tuning ({results[next(iter(results))]['num_tasks']} test tasks)")
+    tasks = tasks or f"{results[next(iter(results))]['num_tasks']} test tasks"
+    ax.set_title(f"{task}: return after fine-tuning\n({tasks})", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -323,6 +336,21 @@ def write(metrics: dict, logdir: str) -> tuple:
     path = os.path.join(logdir, "metrics.json")
     with open(path, "w") as f:
         json.dump(metrics, f, indent=2)
+    return path, draw(metrics, logdir)
+
+
+def draw(metrics: dict, logdir: str) -> str:
+    """(Re)draws ``<logdir>/figure_returns.png`` from ``metrics``; returns its path."""
     fig_path = os.path.join(logdir, "figure_returns.png")
-    figure(metrics["config"]["task"], metrics["results"], fig_path)
-    return path, fig_path
+    figure(metrics["config"]["task"], metrics["results"], fig_path, tasks_label(metrics))
+    return fig_path
+
+
+def redraw(logdir: str) -> str:
+    """Redraws the figure of an existing evaluation (``<logdir>/metrics.json``) without evaluating again."""
+    path = os.path.join(logdir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No metrics.json in {logdir}: evaluate first (rl/evaluate.py without --figure_only).")
+    with open(path) as f:
+        metrics = json.load(f)
+    return draw(metrics, logdir)

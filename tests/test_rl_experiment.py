@@ -73,6 +73,16 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     assert seeded["config"]["test_tasks"] == "seeded" and "test tasks (seed 1)" in seeded["protocol"]
     with pytest.raises(ValueError, match="test_tasks"):
         evaluation.evaluate("navigation", str(tmp_path), ["maml"], test_tasks="paper")
+    # the figure's title says whose test tasks; --figure_only (evaluation.redraw) redraws it from metrics.json alone
+    assert evaluation.tasks_label(m) == "the authors' 3 test tasks"
+    assert evaluation.tasks_label(seeded) == "3 seeded test tasks (seed 1)"
+    assert evaluation.tasks_label({"seed": 1, "config": {}, "results": m["results"]}) == "3 seeded test tasks (seed 1)"
+    before = (tmp_path / "metrics.json").read_bytes()
+    (tmp_path / "figure_returns.png").unlink()
+    assert evaluation.redraw(str(tmp_path)) == str(tmp_path / "figure_returns.png")
+    assert (tmp_path / "figure_returns.png").stat().st_size > 0 and (tmp_path / "metrics.json").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="No metrics.json"):
+        evaluation.redraw(str(tmp_path / "maml"))
     with pytest.raises(ValueError, match="subset"):
         evaluation.evaluate("navigation", str(tmp_path), ["maml", "walker"])
     with pytest.raises(ValueError, match="Unknown task"):
