@@ -48,6 +48,8 @@ flags.DEFINE_integer("seed", 1, "Seed of the rollouts, the random initialisation
 flags.DEFINE_enum("test_tasks", "authors", ("authors", "seeded"), "authors: the 40 test tasks of the authors' test "
                   "scripts, on which the paper's returns were measured (rl.evaluation); seeded: drawn with --seed "
                   "(evaluations before 2026-12-05).")
+flags.DEFINE_enum("random_activation", None, ("relu", "tanh"), "Hidden activation of the random initialisation "
+                  "(default: the authors' test script's: tanh for navigation, ReLU for the locomotion tasks).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.DEFINE_bool("figure_only", False, "Only redraw <logdir>/figure_returns.png from the existing "
                   "<logdir>/metrics.json; evaluates nothing and leaves metrics.json as it is.")
@@ -76,7 +78,7 @@ def main(argv):
         FLAGS.task, logdir, FLAGS.methods if FLAGS["methods"].present else None, num_tasks=FLAGS.num_tasks,
         steps=FLAGS.steps, rollouts_per_task=FLAGS.rollouts_per_task, test_lr=FLAGS.test_lr,
         batch_by=FLAGS.batch_by, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed, test_tasks=FLAGS.test_tasks,
-        num_workers=FLAGS.num_workers,
+        num_workers=FLAGS.num_workers, random_activation=FLAGS.random_activation,
         command=" ".join(["python", "rl/evaluate.py"] + sys.argv[1:]))
     path, figure = evaluation.write(metrics, logdir)
     print(f"wrote {path} and {figure}")

@@ -11,7 +11,8 @@ metrics (the layout of ``results/rl/<task>/metrics.json``); :func:`write` saves 
 Methods:
   maml        the meta-trained policy (best checkpoint of <logdir>/maml)
   pretrained  the policy trained with TRPO on all tasks jointly (<logdir>/pretrained)
-  random      a freshly initialised policy
+  random      a freshly initialised policy (ReLU, as the paper's policy; tanh for 2D navigation, as the
+              authors' test script for it builds: ``TestProtocol.random_activation``)
   oracle      the policy trained on the environment that observes the task; evaluated without
               fine-tuning (0 steps), on its own environment
 Every trained method runs on the environment id recorded in its run's config.json (the random
@@ -71,11 +72,14 @@ class TestProtocol:
     # the test tasks of their script: (legacy NumPy seed, low, high, goal shape, direction threshold or None)
     goals: tuple
     later_factor: float = 0.5   # later steps use first_lr * later_factor
+    # hidden activation of the random initialisation: their scripts build it with ReLU, except the 2D-navigation
+    # one (test_maml_point.py), which passes no hidden_nonlinearity and so gets their policy class's default, tanh
+    random_activation: str = "relu"
 
 
 TEST_PROTOCOL = {
     "navigation": TestProtocol(40, {"maml": None, "pretrained": 0.5, "random": 0.5},
-                               goals=(1, -0.5, 0.5, (2,), None)),
+                               goals=(1, -0.5, 0.5, (2,), None), random_activation="tanh"),
     "halfcheetah_vel": TestProtocol(20, {"maml": None, "pretrained": 0.02, "random": 0.1},
                                     goals=(1, 0.0, 2.0, (), None)),
     "halfcheetah_dir": TestProtocol(20, {"maml": None, "pretrained": 0.2, "random": 1.0},
@@ -86,6 +90,7 @@ TEST_PROTOCOL = {
                             goals=(2, 0.0, 3.0, (), 1.5), later_factor=0.01),
 }
 TEST_TASKS = ("seeded", "authors")
+ACTIVATIONS = ("relu", "tanh")
 
 
 def authors_test_tasks(task: str, num_tasks: int = 40) -> np.ndarray:
@@ -201,7 +206,8 @@ def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
 def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, num_tasks: int = 40,
              steps: int = 3, rollouts_per_task: int | None = None, test_lr: float | None = None,
              batch_by: str | None = None, checkpoint: str = "best", seed: int = 1, test_tasks: str = "authors",
-             num_workers: int | None = None, command: str | None = None, verbose: bool = True) -> dict:
+             num_workers: int | None = None, command: str | None = None, verbose: bool = True,
+             random_activation: str | None = None) -> dict:
     """Returns after 0..``steps`` policy-gradient steps on ``num_tasks`` test tasks (the authors', or with
     ``test_tasks="seeded"`` drawn with ``seed``: module docstring) for each method, as the metrics of
     ``results/rl/<task>/metrics.json``; ``seed`` also seeds the rollouts and the random initialisation.
@@ -211,7 +217,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     each must have one. ``rollouts_per_task``, ``test_lr`` and ``batch_by`` override the test protocol
     (``TEST_PROTOCOL``; batches as the MAML run's, else the first trained baseline's). ``command`` is
     recorded as the metrics' "command" (None unless given; rl/evaluate.py gives its command line);
-    ``verbose`` prints each method's returns beside the paper's as they come. TensorFlow's ops may run
+    ``verbose`` prints each method's returns beside the paper's as they come. ``random_activation``: the
+    random initialisation's hidden activation (default: the protocol's, ``TestProtocol.random_activation``). TensorFlow's ops may run
     concurrently unless the caller ran ``maml_tf.cli.one_op_at_a_time()`` first, as rl/evaluate.py does
     (then the returns repeat exactly from one evaluation to the next)."""
     if task not in PRESETS:
@@ -233,6 +240,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
     if test_tasks not in TEST_TASKS:
         raise ValueError(f"test_tasks must be one of {TEST_TASKS}, got {test_tasks!r}.")
+    if random_activation not in (None,) + ACTIVATIONS:
+        raise ValueError(f"random_activation must be one of {ACTIVATIONS}, got {random_activation!r}.")
     preset = PRESETS[task]
     runs = _check_runs(task, logdir, methods_given)
     trained = [m for m in METHODS if runs[m]]
@@ -244,6 +253,7 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     rollouts = rollouts_per_task or TEST_PROTOCOL[task].rollouts
     batch_by = batch_by or first_run.get("batch_by", "episodes")
     lrs = {m: step_sizes(task, m, maml_lr, steps, test_lr) for m in methods}
+    random_activation = random_activation or TEST_PROTOCOL[task].random_activation
     t0 = time.time()
     results, training, skipped = {}, {}, []
     tasks = None
@@ -266,7 +276,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
                 tasks = sampler.sample_tasks(num_tasks, np.random.default_rng(seed))
             if method == "random":
                 keras.utils.set_random_seed(seed)
-                model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, seed=seed, name="random")
+                model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, seed=seed, name="random",
+                                                     activation=random_activation)
             else:
                 try:
                     model, training[method] = load_policy(logdir, method, sampler, checkpoint)
@@ -305,6 +316,7 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
                    "batch_by": batch_by,
                    "horizon": horizon, "test_lrs": {m: lrs[m] for m in results},
                    "checkpoint": checkpoint, "methods": methods, "test_tasks": test_tasks,
+                   "random_activation": random_activation,
                    "maml_run": {k: maml_run[k] for k in ("inner_lr", "meta_batch_size", "first_order", "seed")
                                 if k in maml_run}},
         "seed": seed,

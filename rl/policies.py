@@ -60,12 +60,15 @@ class LogStd(keras.layers.Layer):
 
 
 def gaussian_mlp_policy(obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100), init_std: float = 1.0,
-                        seed: int | None = None, dtype: str = "float32", name: str = "policy") -> keras.Model:
-    """The paper's policy network: ``model(obs) -> [mean, log_std]``, both ``[batch, act_dim]``."""
+                        seed: int | None = None, dtype: str = "float32", name: str = "policy",
+                        activation: str = "relu") -> keras.Model:
+    """The paper's policy network: ``model(obs) -> [mean, log_std]``, both ``[batch, act_dim]``.
+    ``activation`` of the hidden layers: ReLU as the paper (``"tanh"`` is what the authors' policy class
+    defaults to, e.g. for the random initialisation of their 2D-navigation test script)."""
     obs = keras.Input((obs_dim,), name="obs", dtype=dtype)
     h = obs
     for i, units in enumerate(hidden):
-        h = keras.layers.Dense(units, activation="relu", dtype=dtype, name=f"hidden{i}",
+        h = keras.layers.Dense(units, activation=activation, dtype=dtype, name=f"hidden{i}",
                                kernel_initializer=keras.initializers.GlorotUniform(
                                    None if seed is None else seed + i))(h)
     mean = keras.layers.Dense(act_dim, dtype=dtype, name="mean",

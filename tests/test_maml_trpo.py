@@ -330,3 +330,21 @@ def test_config_refuses_the_batched_layout():
     assert maml_trpo.Config(layout="loop").layout == "loop"
     with pytest.raises(ValueError, match="cg_iterations must be at least 1, got 0"):
         maml_trpo.Config(cg_iterations=0)  # (the flag refused it; the Python API ran TRPO without a CG step)
+
+
+@pytest.mark.parametrize("activation, hidden", [("relu", lambda x: np.maximum(x, 0.0)), ("tanh", np.tanh)])
+def test_policy_mean_is_the_mlp_with_the_chosen_hidden_activation(activation, hidden):
+    # the mean by hand from the layer weights: x -> act(x W0 + b0) -> act(. W1 + b1) -> . W2 + b2
+    model = policies.gaussian_mlp_policy(3, 2, hidden=(5, 4), seed=0, activation=activation)
+    w = {k: v.numpy() for k, v in get_weights(model).items()}
+    kernels = sorted(k for k in w if k.endswith("kernel"))
+    biases = sorted(k for k in w if k.endswith("bias"))
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    h = x
+    for i, (kk, bb) in enumerate(zip(kernels, biases)):
+        h = h @ w[kk] + w[bb]
+        if i < len(kernels) - 1:
+            h = hidden(h)
+    mean, log_std = model(x)
+    np.testing.assert_allclose(mean.numpy(), h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_std.numpy(), 0.0, atol=1e-7)  # initial std 1.0

@@ -55,6 +55,8 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     # the authors' test protocol: MAML steps with its training inner lr (0.5), then half of it
     assert m["config"]["test_lrs"] == {"maml": [0.5, 0.25, 0.25], "random": [0.5, 0.25, 0.25]}
     assert m["config"]["batch_by"] == "steps"  # the MAML run's setting
+    # the random initialisation as the authors' navigation test script builds it: their policy class's default tanh
+    assert m["config"]["random_activation"] == "tanh"
     assert (tmp_path / "figure_returns.png").stat().st_size > 0
 
     # the same evaluation from Python (rl.evaluation, the library behind rl/evaluate.py)
