@@ -12,7 +12,7 @@ Methods:
   maml        the meta-trained policy (best checkpoint of <logdir>/maml)
   pretrained  the policy trained with TRPO on all tasks jointly (<logdir>/pretrained)
   random      a freshly initialised policy (ReLU, as the paper's policy; tanh for 2D navigation, as the
-              authors' test script for it builds: ``TestProtocol.random_activation``)
+              authors' test script for that task builds it: ``TestProtocol.random_activation``)
   oracle      the policy trained on the environment that observes the task; evaluated without
               fine-tuning (0 steps), on its own environment
 Every trained method runs on the environment id recorded in its run's config.json (the random
