@@ -25,7 +25,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py, before Te
 # No TensorFlow at the top: the sampler's worker processes re-import this file (rl.evaluation, imported
 # in main, brings it).
 from maml_tf.cli import one_op_at_a_time, one_sentence_errors  # noqa: E402
-from rl.presets import ALL_METHODS, BATCH_BY, PRESETS  # noqa: E402
+from rl.presets import ACTIVATIONS, ALL_METHODS, BATCH_BY, PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", None, sorted(PRESETS), "Which RL experiment to evaluate.")
@@ -48,7 +48,7 @@ flags.DEFINE_integer("seed", 1, "Seed of the rollouts, the random initialisation
 flags.DEFINE_enum("test_tasks", "authors", ("authors", "seeded"), "authors: the 40 test tasks of the authors' test "
                   "scripts, on which the paper's returns were measured (rl.evaluation); seeded: drawn with --seed "
                   "(evaluations before 2026-12-05).")
-flags.DEFINE_enum("random_activation", None, ("relu", "tanh"), "Hidden activation of the random initialisation "
+flags.DEFINE_enum("random_activation", None, ACTIVATIONS, "Hidden activation of the random initialisation "
                   "(default: the authors' test script's: tanh for navigation, ReLU for the locomotion tasks).")
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.DEFINE_bool("figure_only", False, "Only redraw <logdir>/figure_returns.png from the existing "

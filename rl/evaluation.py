@@ -60,7 +60,7 @@ from maml_tf import paper
 from maml_tf.cli import machine_info
 from maml_tf.training import make_checkpoint, restore
 from rl import maml_trpo, policies
-from rl.presets import ALL_METHODS, BATCH_BY, METHODS, PRESETS, recorded_config
+from rl.presets import ACTIVATIONS, ALL_METHODS, BATCH_BY, METHODS, PRESETS, recorded_config
 from rl.sampler import Sampler
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,6 @@ TEST_PROTOCOL = {
                             goals=(2, 0.0, 3.0, (), 1.5), later_factor=0.01),
 }
 TEST_TASKS = ("seeded", "authors")
-ACTIVATIONS = ("relu", "tanh")
 
 
 def authors_test_tasks(task: str, num_tasks: int = 40) -> np.ndarray:
@@ -149,7 +148,7 @@ def tasks_label(metrics: dict) -> str:
     return f"{n} seeded test tasks (seed {metrics.get('seed', '?')})"
 
 
-def figure(task: str, results: dict, path: str, tasks: str | None = None) -> None:
+def figure(task: str, results: dict, path: str, tasks: str) -> None:
     """The paper's Figure 4/5 style: return after 0..S steps per method, ours with standard errors, the
     paper's points marked; ``tasks`` (``tasks_label``) names the test tasks in the title."""
     import matplotlib
@@ -174,7 +173,6 @@ def figure(task: str, results: dict, path: str, tasks: str | None = None) -> Non
     ax.set_xticks(range(max(steps, 4)))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
-    tasks = tasks or f"{results[next(iter(results))]['num_tasks']} test tasks"
     ax.set_title(f"{task}: return after fine-tuning\n({tasks})", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

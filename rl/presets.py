@@ -15,6 +15,7 @@ from maml_tf.cli import read_json
 # option values of the meta-learner (rl.maml_trpo.Config; rl.maml_trpo re-exports them)
 CURVATURES = ("gauss_newton", "exact", "finite_difference")
 BATCH_BY = ("steps", "episodes")
+ACTIVATIONS = ("relu", "tanh")  # hidden activations of the policy (rl.policies.gaussian_mlp_policy)
 BASELINES = ("per_task", "previous_task")
 RL_LAYOUTS = ("vectorized", "loop")  # maml_tf.maml.LAYOUTS but "batched", which folds conv nets only
 
