@@ -23,6 +23,8 @@ per-task calls run ``"vectorized"``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable, Collection, Sequence, Union
 
 import tensorflow as tf
@@ -36,15 +38,30 @@ LAYOUTS = ("vectorized", "loop", "batched")
 
 def step_size(inner_lr: LearningRate, step: int) -> float:
     """The inner learning rate of step ``step`` (0-based): a float, or a per-step sequence whose
-    last entry is reused for later steps (the RL experiments use 0.1 then 0.05)."""
-    if isinstance(inner_lr, (int, float)):
-        return float(inner_lr)
-    lrs = list(inner_lr)
-    return float(lrs[min(step, len(lrs) - 1)])
+    last entry is reused for later steps (the RL experiments use 0.1 then 0.05). Raises ValueError for
+    anything else (a string, an empty sequence, a value that is not a finite number)."""
+    if isinstance(inner_lr, (str, bytes)) or not isinstance(inner_lr, (numbers.Real, Sequence)):
+        raise ValueError(f"inner_lr must be a number or a sequence of numbers (one per step), not {inner_lr!r}.")
+    lrs = [inner_lr] if isinstance(inner_lr, numbers.Real) else list(inner_lr)
+    if not lrs:
+        raise ValueError("inner_lr is an empty sequence; give one step size, or one per step.")
+    lr = lrs[min(step, len(lrs) - 1)]
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr):
+        raise ValueError(f"inner_lr must hold finite numbers, not {lr!r}.")
+    return float(lr)
+
+
+def check_steps(steps) -> int:
+    """``steps`` as an int, after checking that it is a whole number >= 0."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, not {steps!r}.")
+    return int(steps)
 
 
 def check_frozen(weights: Weights, frozen: Collection[str]) -> frozenset:
     """``frozen`` as a set, after checking that every name is one of ``weights``."""
+    if isinstance(frozen, (str, bytes)):
+        raise ValueError(f"frozen takes a collection of weight names, not the string {frozen!r} (write [{frozen!r}]).")
     frozen = frozenset(frozen)
     unknown = sorted(frozen - set(weights))
     if unknown:
@@ -68,6 +85,8 @@ def inner_update(task_loss: TaskLoss, weights: Weights, data, lr: float, first_o
     if missing:
         raise ValueError(f"The task loss does not depend on the weights {missing}; the inner step needs all of "
                          "them (or name them in frozen).")
+    # a gather (an embedding, or a one-class task's labels) yields IndexedSlices: make them dense
+    grads = {k: tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for k, g in grads.items()}
     if first_order:
         grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
     return {k: weights[k] - lr * grads[k] if k in grads else weights[k] for k in weights}
@@ -82,7 +101,7 @@ def adapt(task_loss: TaskLoss, weights: Weights, support, steps: int, inner_lr: 
     adapted (e.g. batch norm offsets, which the authors' few-shot code meta-learns but does not adapt).
     """
     fast = dict(weights)
-    for s in range(steps):
+    for s in range(check_steps(steps)):
         fast = inner_update(task_loss, fast, support, step_size(inner_lr, s), first_order, frozen)
     return fast
 
@@ -114,6 +133,11 @@ def meta_objective(task_loss: TaskLoss, weights: Weights, support, query, steps:
     :func:`adapt`; ``layout`` as in the module docstring (``"batched"`` runs
     :func:`maml_tf.batched.meta_objective`).
     """
+    check_steps(steps)
+    step_size(inner_lr, 0)
+    s_tasks, q_tasks = (tf.nest.flatten(x)[0].shape[0] for x in (support, query))
+    if s_tasks is not None and q_tasks is not None and s_tasks != q_tasks:
+        raise ValueError(f"support holds {s_tasks} tasks but query holds {q_tasks}; give each task both.")
     if layout == "batched":  # tasks folded into one batch, for supported models (maml_tf/batched.py)
         from maml_tf import batched
         return batched.meta_objective(task_loss, weights, support, query, steps, inner_lr, first_order, query_loss,

@@ -374,3 +374,47 @@ def test_metric_given_as_labels_and_predictions_gives_clear_error():
         with pytest.raises(TypeError, match=r"a metric takes the weights and a task's query data.*not "
                                             r"\(labels, predictions\)"):
             metric_curve(task_loss, maml.mse, w, support, query, steps=1, inner_lr=0.1, layout=layout)
+
+
+def test_bad_steps_learning_rates_and_frozen_names_are_refused():
+    model = tiny_net()
+    w = functional.get_weights(model)
+    task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
+    support, query = task_batch(np.random.default_rng(0))
+    data = (support[0][0], support[1][0])
+    for steps in (-2, 1.5, True):
+        with pytest.raises(ValueError, match="steps must be a whole number >= 0"):
+            maml.adapt(task_loss, w, data, steps, 0.1)
+    for lr, message in (("0.1", "a number or a sequence"), ([], "empty sequence"), ([0.1, float("inf")], "finite"),
+                        (float("nan"), "finite"), ([0.1, "x"], "finite")):
+        with pytest.raises(ValueError, match=message):
+            maml.adapt(task_loss, w, data, 2, lr)
+    with pytest.raises(ValueError, match="not the string"):
+        maml.adapt(task_loss, w, data, 1, 0.1, frozen=next(iter(w)))
+    with pytest.raises(ValueError, match="support holds 3 tasks but query holds 2"):
+        maml.meta_objective(task_loss, w, support, tf.nest.map_structure(lambda t: t[:2], query), 1, 0.1)
+    # numpy scalars are numbers too
+    assert maml.step_size(np.float32(0.25), 0) == 0.25 and maml.check_steps(np.int64(2)) == 2
+
+
+def test_gather_gradients_are_made_dense_in_the_inner_step():
+    """An embedding's gradient is IndexedSlices; the inner step must still apply it, as a dense step."""
+    model = keras.Sequential([keras.Input((2,), dtype="int32"), keras.layers.Embedding(5, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+    w = functional.get_weights(model)
+    forward = functional.make_forward(model)
+    task_loss = maml.supervised_loss(forward, maml.mse)
+    x = tf.constant([[0, 1], [1, 3]])
+    y = tf.constant([[1.0], [-1.0]])
+    fast = maml.adapt(task_loss, w, (x, y), 1, 0.1)
+    with tf.GradientTape() as tape:
+        tape.watch(list(w.values()))
+        loss = task_loss(w, (x, y))
+    grads = tape.gradient(loss, w)
+    table = next(k for k in w if "embedding" in k)
+    assert isinstance(grads[table], tf.IndexedSlices)
+    for k in w:
+        np.testing.assert_allclose(fast[k].numpy(), (w[k] - 0.1 * tf.convert_to_tensor(grads[k])).numpy(),
+                                   rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(fast[table].numpy()[4], w[table].numpy()[4])  # row 4 is not looked up
+    assert not np.allclose(fast[table].numpy()[1], w[table].numpy()[1])
