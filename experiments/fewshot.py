@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
     from experiments.fewshot_flags import (DEFAULT_INNER_LOSS_REDUCTION, DEFAULT_OUTPUT_INIT, INNER_LOSS_REDUCTIONS,
                                            OUTPUT_INITS)
 from maml_tf import batched, evaluation, maml
-from maml_tf.cli import machine_info, read_json, without_memory_optimizer
+from maml_tf.cli import check_logdir, machine_info, read_json, without_memory_optimizer
 from maml_tf.functional import batch_norm_weights, get_weights
 from maml_tf.training import (CheckpointError, check_config, check_iterations, has_checkpoint, latest_iteration,
                                make_checkpoint, make_train_step, restore, train)
@@ -293,6 +293,9 @@ def initialise_from(model: keras.Model, source: str, logdir: str, verbose: bool 
     its latest: :func:`load_for_evaluation`); writes what was loaded to ``logdir/init_from.json``."""
     if not os.path.isdir(source):
         raise FileNotFoundError(f"--init_from={source} is not a directory; it takes the log directory of an earlier run.")
+    if not has_checkpoint(source) and tf.train.latest_checkpoint(os.path.join(source, "best")) is None:
+        raise FileNotFoundError(f"--init_from={source} holds no checkpoint (best/ or ckpt/); it takes the log "
+                                "directory of a run that has trained.")
     info = {"logdir": source, **load_for_evaluation(model, source)}
     with open(os.path.join(logdir, "init_from.json"), "w") as f:
         json.dump(info, f, indent=1)
@@ -491,6 +494,8 @@ def config_from_flags(flag_values, stored: Optional[dict], dataset: str, model: 
 def prepare(flag_values, config_from_flags: Callable[[Optional[dict]], Config]) -> Config:
     """What both entry points do first: TensorFlow threads from the flags, and the run's settings
     (in ``--eval_only`` or when ``--logdir`` holds a run, those stored there)."""
+    if flag_values.logdir:
+        check_logdir(flag_values.logdir)
     if flag_values.deterministic:
         without_memory_optimizer()
     if flag_values.intra_op_threads:

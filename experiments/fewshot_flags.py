@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from absl import flags
 
+from maml_tf.cli import finite_positive
+
 LAYOUTS = ("batched", "vectorized", "loop")  # maml_tf.maml.LAYOUTS
 INNER_LOSS_REDUCTIONS = ("mean", "sum")  # what each means: fewshot.Config.inner_step_size
 DEFAULT_INNER_LOSS_REDUCTION = "mean"
@@ -32,14 +34,15 @@ def define_task_flags(help: dict) -> None:
     flags.DEFINE_integer("iterations", 60000, "Meta-training iterations.")
     flags.DEFINE_float("meta_lr", 0.001, "Adam learning rate of the meta-optimizer.")
     flags.DEFINE_bool("first_order", False, help["first_order"])
-    for name in ("num_ways", "num_shots"):
-        flags.register_validator(name, lambda v: v is not None and v > 0, f"--{name} must be a positive integer.")
+    flags.register_validator("num_ways", lambda v: v is not None and v >= 2,
+                             "--num_ways must be at least 2 (a task with one class has nothing to classify).")
+    flags.register_validator("num_shots", lambda v: v is not None and v > 0, "--num_shots must be a positive integer.")
     for name in ("num_query", "eval_num_query", "meta_batch_size", "num_inner_steps"):
         flags.register_validator(name, lambda v: v is None or v > 0, f"--{name} must be a positive integer.")
     flags.register_validator("iterations", lambda v: v >= 0, "--iterations must be >= 0.")
     flags.register_validator("num_eval_steps", lambda v: v is None or v >= 0, "--num_eval_steps must be >= 0.")
     for name in ("inner_lr", "meta_lr"):
-        flags.register_validator(name, lambda v: v is None or v > 0, f"--{name} must be positive.")
+        flags.register_validator(name, finite_positive, f"--{name} must be a finite number > 0.")
 
 
 def define_run_flags(eval_batch_size: int) -> None:

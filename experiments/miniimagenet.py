@@ -66,6 +66,9 @@ flags.register_multi_flags_validator(
     "--fixture writes its own data; drop --data_dir (or --fixture).")
 
 
+IMAGES_PER_CLASS = 600  # in the real data; the fixture is made like it
+
+
 def config_from_flags(stored: dict | None = None):
     """The run's settings: flags, else (in --eval_only or on resume) the stored config, else the paper's preset."""
     import fewshot
@@ -134,10 +137,13 @@ def main(argv):
     if FLAGS.fixture and not FLAGS.logdir:
         print(f"note: a run on the synthetic fixture goes to {logdir} (--logdir to choose)", file=sys.stderr)
     data_dir = FLAGS.data_dir
+    need = cfg.num_shots + max(cfg.num_query, cfg.eval_num_query)
+    if need > IMAGES_PER_CLASS:
+        raise ValueError(f"--num_shots={cfg.num_shots} with {max(cfg.num_query, cfg.eval_num_query)} query images "
+                         f"needs {need} images per class, but mini-ImageNet has {IMAGES_PER_CLASS}.")
     if FLAGS.fixture:
         from data.fixtures import make_miniimagenet_fixture
         data_dir = os.path.join(logdir, "fixture_data")
-        need = cfg.num_shots + max(cfg.num_query, cfg.eval_num_query)
         make_miniimagenet_fixture(data_dir, classes_per_split={"train": max(8, cfg.num_ways), "val": cfg.num_ways,
                                                                "test": cfg.num_ways},
                                   images_per_class=max(12, need), seed=cfg.seed)

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
-from maml_tf.cli import machine_info, one_sentence_errors, read_json  # noqa: E402
+from maml_tf.cli import check_logdir, finite_positive, machine_info, one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
 from maml_tf.training import (check_config, check_iterations, has_checkpoint, make_checkpoint,  # noqa: E402
                                make_train_step, restore, train)
@@ -67,7 +67,7 @@ for _name in ("meta_batch_size", "num_shots", "num_inner_steps", "eval_tasks", "
     flags.register_validator(_name, lambda v: v > 0, f"--{_name} must be positive.")
 flags.register_validator("eval_steps", lambda v: v >= 0, "--eval_steps must be >= 0.")
 for _name in ("inner_lr", "meta_lr"):
-    flags.register_validator(_name, lambda v: v > 0, f"--{_name} must be positive.")
+    flags.register_validator(_name, finite_positive, f"--{_name} must be a finite number > 0.")
 flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= {"maml", "pretrained", "oracle"},
                          "--methods takes a comma-separated subset of maml,pretrained,oracle.")
 flags.register_validator("eval_shots", lambda v: len(v) > 0 and all(s.isdigit() and int(s) > 0 for s in v),
@@ -296,6 +296,7 @@ def adopt_recorded_settings(logdir: str) -> None:
 @one_sentence_errors
 def main(argv):
     logdir = FLAGS.logdir
+    check_logdir(logdir)
     adopt_recorded_settings(logdir)
     if not FLAGS.eval_only:
         for method in FLAGS.methods:  # before training any: a short test run must not skip into an old one

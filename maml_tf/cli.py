@@ -8,11 +8,41 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 import zipfile
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
                    zipfile.BadZipFile, FloatingPointError)  # maml_tf.training.CheckpointError is a ValueError
+
+
+def finite_positive(v) -> bool:
+    """Flag validator: ``v`` unset (None), or a finite number > 0 (``inf`` and ``nan`` are refused)."""
+    return v is None or (math.isfinite(v) and v > 0)
+
+
+def finite_non_negative(v) -> bool:
+    """Flag validator: ``v`` unset (None), or a finite number >= 0."""
+    return v is None or (math.isfinite(v) and v >= 0)
+
+
+MAX_WORKERS_PER_CORE = 4
+
+
+def workers_ok(v) -> bool:
+    """Flag validator for sampler processes: unset, or 0 (in-process) to MAX_WORKERS_PER_CORE per core."""
+    return v is None or 0 <= v <= MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
+
+
+WORKERS_MESSAGE = (f"--num_workers must be between 0 (in-process) and {MAX_WORKERS_PER_CORE} per CPU core "
+                   f"({MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)} here).")
+
+
+def check_logdir(path: str, flag: str = "--logdir") -> None:
+    """Refuse a log directory that exists as something other than a folder, in one sentence."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{flag}={path} is a file, not a run's folder; give a folder (it is created if missing).")
 
 
 def one_sentence_errors(main):

@@ -239,7 +239,20 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
               + (f"; nothing to train (iterations={iterations})" if start >= iterations else ""), flush=True)
     writer = tf.summary.create_file_writer(os.path.join(logdir, "tb"))
 
+    def last_good() -> str:
+        latest = manager.latest_checkpoint
+        return (f"the last good checkpoint is {latest}" if latest
+                else "no checkpoint was saved (check the learning rates)")
+
+    def check_finite(i: int):
+        """Never checkpoint weights that are not finite: stop, naming the last good checkpoint."""
+        bad = [v.path for v in model.weights if tf.as_dtype(v.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+        if bad:
+            raise FloatingPointError(f"The {name} weights {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite "
+                                     f"after iteration {i}; {last_good()}.")
+
     def save(i: int, elapsed: float):
+        check_finite(i)
         ckpt.iteration.assign(i)
         ckpt.wall_time.assign(elapsed)
         manager.save(checkpoint_number=i)
@@ -256,9 +269,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
             if i % log_every == 0 or i == iterations:
                 metrics = {k: float(v) for k, v in out.items()}
                 if not all(np.isfinite(v) for v in metrics.values()):
-                    raise FloatingPointError(
-                        f"The {name} loss became {metrics} at iteration {i}; the last good checkpoint is in "
-                        f"{logdir}/ckpt.")
+                    raise FloatingPointError(f"The {name} loss became {metrics} at iteration {i}; {last_good()}.")
                 with writer.as_default(step=i):
                     for k, v in metrics.items():
                         tf.summary.scalar(f"train/{k}", v)
@@ -275,6 +286,7 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
                     tf.summary.scalar("validation/score", score)
                 improved = score > best_score.numpy()
                 if improved:
+                    check_finite(i)
                     best_score.assign(score)
                     best_iteration.assign(i)
                     ckpt.iteration.assign(i)

@@ -60,6 +60,12 @@ def fit_linear(features: np.ndarray, targets: np.ndarray, mask: np.ndarray, reg:
     phi = np.asarray(features, dtype=np.float64).reshape(M, -1, F)
     m = np.asarray(mask, dtype=np.float64).reshape(M, -1, 1)
     y = np.asarray(targets, dtype=np.float64).reshape(M, -1, 1)
+    alive = m[..., 0] > 0
+    for i in range(M):
+        if not (np.all(np.isfinite(phi[i][alive[i]])) and np.all(np.isfinite(y[i][alive[i]]))):
+            raise FloatingPointError(f"The rollouts of task {i} hold observations or returns that are not finite: "
+                                     "the policy diverged (a step size too large?).")
+    phi, y = np.where(m > 0, phi, 0.0), np.where(m > 0, y, 0.0)  # dead steps count for nothing, whatever they hold
     gram = np.matmul((phi * m).transpose(0, 2, 1), phi)   # [M, F, F]
     rhs = np.matmul((phi * m).transpose(0, 2, 1), y)      # [M, F, 1]
     weights = np.empty((M, F))

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py, before Te
 
 # No TensorFlow at the top: the sampler's worker processes re-import this file (rl.evaluation, imported
 # in main, brings it).
-from maml_tf.cli import one_op_at_a_time, one_sentence_errors  # noqa: E402
+from maml_tf.cli import WORKERS_MESSAGE, finite_positive, one_op_at_a_time, one_sentence_errors, workers_ok  # noqa: E402
 from rl.presets import ACTIVATIONS, ALL_METHODS, BATCH_BY, PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -61,7 +61,8 @@ flags.register_validator("methods", lambda v: len(v) > 0 and set(v) <= set(ALL_M
 flags.register_validator("num_tasks", lambda v: v > 1, "--num_tasks must be at least 2 (a standard error needs two).")
 flags.register_validator("rollouts_per_task", lambda v: v is None or v > 0, "--rollouts_per_task must be positive.")
 flags.register_validator("steps", lambda v: v >= 0, "--steps must be >= 0.")
-flags.register_validator("test_lr", lambda v: v is None or v > 0, "--test_lr must be positive.")
+flags.register_validator("test_lr", finite_positive, "--test_lr must be a finite number > 0.")
+flags.register_validator("num_workers", workers_ok, WORKERS_MESSAGE)
 
 
 @one_sentence_errors

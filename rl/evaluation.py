@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Sequence
@@ -128,7 +129,8 @@ def load_policy(logdir: str, method: str, sampler: Sampler, checkpoint: str = "b
             return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
                            "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1),
                            "trained_wall_time_s": None if trained_s is None else round(trained_s, 1)}
-    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method}).")
+    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method} "
+                            f"--logdir={run}).")
 
 
 def summarize(per_task: np.ndarray) -> dict:
@@ -201,6 +203,16 @@ def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
     return runs
 
 
+def _check_checkpoints(task: str, logdir: str, methods: Sequence[str], checkpoint: str) -> None:
+    """Before evaluating anything: every trained method asked for explicitly has a checkpoint to load."""
+    dirs = ("best", "ckpt") if checkpoint == "best" else ("ckpt",)
+    for method in methods:
+        run = os.path.join(logdir, method)
+        if method != "random" and not any(tf.train.latest_checkpoint(os.path.join(run, d)) for d in dirs):
+            raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_{task}.py "
+                                    f"--method={method} --logdir={run}) or leave {method} out of --methods.")
+
+
 def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, num_tasks: int = 40,
              steps: int = 3, rollouts_per_task: int | None = None, test_lr: float | None = None,
              batch_by: str | None = None, checkpoint: str = "best", seed: int = 1, test_tasks: str = "authors",
@@ -229,9 +241,9 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     if num_tasks < 2:
         raise ValueError(f"num_tasks must be at least 2 (a standard error needs two), got {num_tasks}.")
     if steps < 0 or (rollouts_per_task is not None and rollouts_per_task < 1) or (
-            test_lr is not None and test_lr <= 0):
-        raise ValueError(f"steps must be >= 0, rollouts_per_task and test_lr positive; got {steps}, "
-                         f"{rollouts_per_task}, {test_lr}.")
+            test_lr is not None and not (math.isfinite(test_lr) and test_lr > 0)):
+        raise ValueError(f"steps must be >= 0, rollouts_per_task positive and test_lr a finite number > 0; got "
+                         f"{steps}, {rollouts_per_task}, {test_lr}.")
     if batch_by is not None and batch_by not in BATCH_BY:
         raise ValueError(f"batch_by must be one of {BATCH_BY}, got {batch_by!r}.")
     if checkpoint not in ("best", "latest"):
@@ -242,6 +254,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
         raise ValueError(f"random_activation must be one of {ACTIVATIONS}, got {random_activation!r}.")
     preset = PRESETS[task]
     runs = _check_runs(task, logdir, methods_given)
+    if methods_given:
+        _check_checkpoints(task, logdir, methods, checkpoint)
     trained = [m for m in METHODS if runs[m]]
     maml_run = runs["maml"]
     # every method's test batches as the MAML run's were (horizon, batch mode), else the first trained baseline's

@@ -44,7 +44,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from maml_tf.cli import one_op_at_a_time, one_sentence_errors  # noqa: E402
+from maml_tf.cli import (WORKERS_MESSAGE, check_logdir, finite_non_negative, finite_positive,  # noqa: E402
+                         one_op_at_a_time, one_sentence_errors, workers_ok)
 from maml_tf.training import check_config, check_iterations, has_checkpoint, train  # noqa: E402
 from rl import maml_trpo, policies  # noqa: E402
 from rl.presets import (BASELINES, BATCH_BY, CURVATURES, METHODS, PRESETS, RL_LAYOUTS, Preset,  # noqa: E402
@@ -107,11 +108,11 @@ def define_flags(preset: Preset) -> None:
     flags.register_validator("iterations", lambda v: v >= 0, "--iterations must be >= 0.")
     for name in ("meta_batch_size", "horizon", "rollouts_per_task", "cg_iterations", "checkpoint_every", "log_every"):
         flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive.")
-    flags.register_validator("inner_lr", lambda v: v > 0, "--inner_lr must be positive.")
-    flags.register_validator("max_kl", lambda v: v > 0, "--max_kl must be positive.")
-    flags.register_validator("cg_damping", lambda v: v >= 0, "--cg_damping must be >= 0.")
+    flags.register_validator("inner_lr", finite_positive, "--inner_lr must be a finite number > 0.")
+    flags.register_validator("max_kl", finite_positive, "--max_kl must be a finite number > 0.")
+    flags.register_validator("cg_damping", finite_non_negative, "--cg_damping must be a finite number >= 0.")
     flags.register_validator("hvp_subsample", lambda v: 0 < v <= 1, "--hvp_subsample must be in (0, 1].")
-    flags.register_validator("num_workers", lambda v: v is None or v >= 0, "--num_workers must be >= 0.")
+    flags.register_validator("num_workers", workers_ok, WORKERS_MESSAGE)
 
 
 # Settings that a resumed run must share with the run in its log directory.
@@ -240,8 +241,7 @@ def _resume_settings(name: str, logdir: str, s: dict, recorded: dict, start: int
 def train_task(task: str) -> dict:
     s = settings(task)
     logdir = s["logdir"]
-    if os.path.isfile(logdir):
-        raise NotADirectoryError(f"--logdir={logdir} is a file, not a run's folder.")
+    check_logdir(logdir)
     if s["method"] != "maml":
         for key in ("first_order", "inner_lr"):
             if FLAGS[key].present:

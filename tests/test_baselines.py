@@ -127,3 +127,14 @@ def test_previous_task_baseline_follows_rllabs_predict_then_fit_order():
     # without initial weights the first task's baseline is zero: its advantages are its returns
     advantages, returns, _ = baselines.previous_task_advantages(rewards, obs, mask, None)
     np.testing.assert_allclose(advantages[0], returns[0], atol=1e-12)
+
+
+def test_rollouts_that_are_not_finite_are_named_not_blamed_on_the_fit():
+    rng = np.random.default_rng(0)
+    obs, returns, mask = rng.normal(size=(2, 3, 5, 2)), rng.normal(size=(2, 3, 5)), np.ones((2, 3, 5))
+    mask[1, :, 4] = 0.0
+    returns[1, :, 4] = np.nan  # targets of dead steps are not looked at
+    assert np.all(np.isfinite(baselines.fit_linear(baselines.linear_features(obs, mask), returns, mask)))
+    returns[1, 2, 1] = np.inf
+    with pytest.raises(FloatingPointError, match="task 1 hold observations or returns that are not finite"):
+        baselines.fit_linear(baselines.linear_features(obs, mask), returns, mask)

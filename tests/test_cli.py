@@ -45,6 +45,44 @@ def test_each_entry_point_refuses_a_stray_argument(command, tmp_path):
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
+BAD_VALUES = [  # (command, the sentence expected on stderr)
+    (["experiments/omniglot.py", "--num_ways=1"], "--num_ways must be at least 2"),
+    (["experiments/omniglot.py", "--inner_lr=inf"], "--inner_lr must be a finite number > 0."),
+    (["experiments/omniglot.py", "--meta_lr=nan"], "--meta_lr must be a finite number > 0."),
+    (["experiments/sinusoid.py", "--meta_lr=inf"], "--meta_lr must be a finite number > 0."),
+    (["experiments/miniimagenet.py", "--fixture", "--num_shots=400"],
+     "--num_shots=400 with 400 query images needs 800 images per class, but mini-ImageNet has 600."),
+    (["rl/train_navigation.py", "--max_kl=inf"], "--max_kl must be a finite number > 0."),
+    (["rl/train_navigation.py", "--cg_damping=inf"], "--cg_damping must be a finite number >= 0."),
+    (["rl/train_navigation.py", f"--num_workers={4 * (os.cpu_count() or 1) + 1}"], "--num_workers must be between 0"),
+    (["rl/evaluate.py", "--task=navigation", "--test_lr=inf"], "--test_lr must be a finite number > 0."),
+    (["rl/evaluate.py", "--task=navigation", f"--num_workers={4 * (os.cpu_count() or 1) + 1}"],
+     "--num_workers must be between 0"),
+]
+
+
+@pytest.mark.parametrize("command,message", BAD_VALUES, ids=lambda c: " ".join(c) if isinstance(c, list) else "")
+def test_values_that_cannot_work_are_refused_in_one_sentence(command, message, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, *command, f"--logdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["experiments/omniglot.py", "--num_shots=1"], ["experiments/miniimagenet.py",
+                                     "--fixture"], ["experiments/sinusoid.py"], ["rl/train_navigation.py"]],
+                         ids=lambda c: c[0])
+def test_a_logdir_that_is_a_file_is_one_sentence(command, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    out = subprocess.run([sys.executable, *command, f"--logdir={afile}"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"error: --logdir={afile} is a file, not a run's folder" in out.stderr, out.stderr[-2000:]
+
+
 MEMORY_PROBE = r"""
 import sys
 import tensorflow as tf

@@ -226,8 +226,8 @@ def test_a_corrupt_config_of_a_run_is_one_sentence(data_dir, tmp_path, mode):
 
 @pytest.mark.parametrize("args, message", [
     (["--num_shots=15", "--num_query=10"], "at most 20"),
-    (["--num_ways=0"], "--num_ways must be a positive integer"),
-    (["--inner_lr=-1"], "--inner_lr must be positive"),
+    (["--num_ways=0"], "--num_ways must be at least 2"),
+    (["--inner_lr=-1"], "--inner_lr must be a finite number > 0"),
     (["--compute_dtype=bfloat16", "--layout=loop"], "--compute_dtype=bfloat16 needs --layout=batched, not loop."),
 ])
 def test_bad_flags_exit_with_one_sentence(args, message):

@@ -209,7 +209,7 @@ def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
 
 @pytest.mark.parametrize("script,args,message", [
     ("rl/train_navigation.py", ["--meta_batch_size=0"], "--meta_batch_size must be positive"),
-    ("rl/train_navigation.py", ["--inner_lr=-1"], "--inner_lr must be positive"),
+    ("rl/train_navigation.py", ["--inner_lr=-1"], "--inner_lr must be a finite number > 0"),
     ("rl/evaluate.py", ["--task=walker"], "--task"),
     ("rl/evaluate.py", ["--task=navigation", "--methods=maml,foo"], "--methods takes"),
 ])
@@ -277,6 +277,11 @@ def test_evaluating_a_missing_run_is_one_sentence(tmp_path):
     r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml", "--num_workers=0")
     assert r.returncode == 1
     assert last_line(r.stderr).startswith("error: No maml checkpoint in")
+    # a missing method asked for is found before any other is evaluated, and the message names the real script
+    r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=random,oracle",
+            "--num_workers=0")
+    assert r.returncode == 1 and last_line(r.stderr).startswith("error: No oracle checkpoint in")
+    assert "rl/train_navigation.py --method=oracle" in r.stderr and "random" not in r.stdout
     # without --methods: no silent random-only evaluation of a folder with no runs
     r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path / 'typo'}", "--num_workers=0")
     assert r.returncode == 1 and last_line(r.stderr).startswith(f"error: No trained run in {tmp_path / 'typo'}")

@@ -84,8 +84,36 @@ def test_divergence_stops_with_a_clear_error(tmp_path):
         out = step(batch)
         return {"loss": out["loss"] * np.nan}
 
-    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    with pytest.raises(FloatingPointError, match="at iteration 1; no checkpoint was saved"):
         train(model, opt, bad_step, batch_for, 5, str(tmp_path), log_every=1, verbose=False)
+    assert latest_iteration(str(tmp_path)) == 0
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(tmp_path):
+    """The loss is checked every log_every iterations only, and it is computed before the update: weights
+    made NaN by an update must still not reach a checkpoint, and the error names the last good one."""
+    model, opt, step, batch_for = setup()
+    calls = []
+
+    def poisoning_step(batch):
+        out = step(batch)
+        calls.append(1)
+        if len(calls) == 3:  # the third update leaves NaN weights behind a finite loss
+            v = model.trainable_variables[0]
+            v.assign(v * np.nan)
+        return out
+
+    with pytest.raises(FloatingPointError, match=r"not finite after iteration 3; the last good checkpoint is .*ckpt-2"):
+        train(model, opt, poisoning_step, batch_for, 10, str(tmp_path), checkpoint_every=1, log_every=100,
+              verbose=False)
+    assert latest_iteration(str(tmp_path)) == 2
+    # the best checkpoint is guarded too
+    model, opt, step, batch_for = setup()
+    calls.clear()
+    with pytest.raises(FloatingPointError, match="not finite after iteration 3"):
+        train(model, opt, poisoning_step, batch_for, 10, str(tmp_path / "best_too"), checkpoint_every=100,
+              log_every=100, validate=lambda i, t: float(i), validate_every=1, verbose=False)
+    assert not os.path.exists(tmp_path / "best_too" / "best" / "ckpt-3.index")
 
 
 def test_sigterm_saves_a_checkpoint_at_the_current_iteration_and_validation_sees_the_clock(tmp_path):
