@@ -114,12 +114,18 @@ def test_frozen_weights_are_not_adapted_and_their_meta_gradient_matches_finite_d
     assert np.max(np.abs(adapting_all - analytic)) > 1e-4
 
 
-def test_frozen_names_are_checked():
+def tiny_problem():
+    """(model, weights, task loss, support, query, the first task's support data) of the tiny net."""
     model = tiny_net()
-    w = functional.get_weights(model)
     task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
-    support, _ = task_batch(np.random.default_rng(0))
-    data = (support[0][0], support[1][0])
+    support, query = task_batch(np.random.default_rng(0))
+    return model, functional.get_weights(model), task_loss, support, query, (support[0][0], support[1][0])
+
+
+def test_frozen_names_are_checked():
+    model, w, task_loss, _, _, data = tiny_problem()
+    with pytest.raises(ValueError, match="not the string"):
+        maml.adapt(task_loss, w, data, 1, 0.1, frozen=next(iter(w)))
     with pytest.raises(ValueError, match=r"Frozen weights \['nope'\] are not among"):
         maml.adapt(task_loss, w, data, 1, 0.1, frozen=["nope"])
     with pytest.raises(ValueError, match="Every weight is frozen"):
@@ -376,12 +382,8 @@ def test_metric_given_as_labels_and_predictions_gives_clear_error():
             metric_curve(task_loss, maml.mse, w, support, query, steps=1, inner_lr=0.1, layout=layout)
 
 
-def test_bad_steps_learning_rates_and_frozen_names_are_refused():
-    model = tiny_net()
-    w = functional.get_weights(model)
-    task_loss = maml.supervised_loss(functional.make_forward(model), maml.mse)
-    support, query = task_batch(np.random.default_rng(0))
-    data = (support[0][0], support[1][0])
+def test_bad_steps_and_learning_rates_are_refused():
+    _, w, task_loss, support, query, data = tiny_problem()
     for steps in (-2, 1.5, True):
         with pytest.raises(ValueError, match="steps must be a whole number >= 0"):
             maml.adapt(task_loss, w, data, steps, 0.1)
@@ -389,8 +391,6 @@ def test_bad_steps_learning_rates_and_frozen_names_are_refused():
                         (float("nan"), "finite"), ([0.1, "x"], "finite")):
         with pytest.raises(ValueError, match=message):
             maml.adapt(task_loss, w, data, 2, lr)
-    with pytest.raises(ValueError, match="not the string"):
-        maml.adapt(task_loss, w, data, 1, 0.1, frozen=next(iter(w)))
     with pytest.raises(ValueError, match="support holds 3 tasks but query holds 2"):
         maml.meta_objective(task_loss, w, support, tf.nest.map_structure(lambda t: t[:2], query), 1, 0.1)
     # numpy scalars are numbers too
