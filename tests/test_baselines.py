@@ -46,8 +46,18 @@ def test_baseline_fit_equals_least_squares_per_task():
     returns = baselines.discounted_returns(rewards, mask, 0.99)
     reg = 1e-3
     values = baselines.linear_baseline(obs, returns, mask, reg=reg)
+    expected = lstsq_baseline(obs, returns, mask, reg)
     for m in range(obs.shape[0]):
-        # Direct solution: numpy lstsq on the alive steps of task m, ridge term as extra rows.
+        alive = mask[m] > 0
+        np.testing.assert_allclose(values[m][alive], expected[m][alive], rtol=1e-6, atol=1e-8)
+        assert not values[m][~alive].any()
+
+
+def lstsq_baseline(obs, returns, mask, reg):
+    """The linear feature baseline by numpy lstsq on the alive steps of each task, the ridge term as extra
+    rows; values [M, R, T], 0 on dead steps."""
+    values = np.zeros(mask.shape)
+    for m in range(obs.shape[0]):
         alive = mask[m] > 0
         o = np.clip(obs[m][alive], -10, 10)
         s = np.nonzero(alive)[1][:, None] / 100.0
@@ -55,8 +65,8 @@ def test_baseline_fit_equals_least_squares_per_task():
         a = np.vstack([phi, np.sqrt(reg) * np.eye(phi.shape[1])])
         b = np.concatenate([returns[m][alive], np.zeros(phi.shape[1])])
         w, *_ = np.linalg.lstsq(a, b, rcond=None)
-        np.testing.assert_allclose(values[m][alive], phi @ w, rtol=1e-6, atol=1e-8)
-        assert not values[m][~alive].any()
+        values[m][alive] = phi @ w
+    return values
 
 
 def test_baseline_recovers_an_exactly_linear_target():
@@ -91,10 +101,16 @@ def test_gae_matches_a_per_episode_loop(lam):
 
 
 def test_advantages_combines_returns_baseline_and_gae():
-    rewards, obs, mask, _ = padded_batch()
+    """The paper's recipe (discount 0.99, lambda 1, ridge 1e-5) against loops and lstsq: with lambda = 1, GAE's
+    advantage is the discounted return minus the baseline's value."""
+    rewards, obs, mask, lengths = padded_batch()
     advantages, returns = baselines.advantages(rewards, obs, mask)
-    values = baselines.linear_baseline(obs, returns, mask)
-    np.testing.assert_allclose(advantages, returns - values, atol=1e-10)
+    expected_returns = np.zeros(mask.shape)
+    for m, r in np.ndindex(lengths.shape):
+        expected_returns[m, r, :lengths[m, r]] = loop_returns(rewards[m, r], lengths[m, r], 0.99)
+    np.testing.assert_allclose(returns, expected_returns, atol=1e-10)
+    expected = (expected_returns - lstsq_baseline(obs, expected_returns, mask, 1e-5)) * mask
+    np.testing.assert_allclose(advantages, expected, rtol=1e-6, atol=1e-8)
 
 
 def test_previous_task_baseline_follows_rllabs_predict_then_fit_order():

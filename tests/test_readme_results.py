@@ -97,6 +97,7 @@ def test_row_matches_its_metrics(row):
         steps = [int(s) for s in re.search(r"after ([\d /]+) steps", row["result"]).group(1).split("/")]
         mse = metrics["results"]["maml"]["K=5"]["mse"]
         values = [mse[s] for s in steps]
+        assert len(ours) == len(steps), row["ours"]
         assert all(matches(p, v) for p, v in zip(ours, values)), (row["ours"], values)
         targets, higher_is_better = paper, False
 
