@@ -42,7 +42,8 @@ WORKERS_MESSAGE = (f"--num_workers must be between 0 (in-process) and {MAX_WORKE
 def check_logdir(path: str, flag: str = "--logdir") -> None:
     """Refuse a log directory that exists as something other than a folder, in one sentence."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"{flag}={path} is a file, not a run's folder; give a folder (it is created if missing).")
+        raise NotADirectoryError(f"{flag}={path} is a file, not a run's folder; give a folder (it is created "
+                                 "if missing).")
 
 
 def one_sentence_errors(main):

@@ -246,7 +246,8 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
 
     def check_finite(i: int):
         """Never checkpoint weights that are not finite: stop, naming the last good checkpoint."""
-        bad = [v.path for v in model.weights if tf.as_dtype(v.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+        bad = [v.path for v in model.weights
+               if tf.as_dtype(v.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
         if bad:
             raise FloatingPointError(f"The {name} weights {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite "
                                      f"after iteration {i}; {last_good()}.")

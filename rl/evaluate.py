@@ -24,7 +24,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py, before Te
 
 # No TensorFlow at the top: the sampler's worker processes re-import this file (rl.evaluation, imported
 # in main, brings it).
-from maml_tf.cli import WORKERS_MESSAGE, finite_positive, one_op_at_a_time, one_sentence_errors, workers_ok  # noqa: E402
+from maml_tf.cli import (WORKERS_MESSAGE, finite_positive, one_op_at_a_time, one_sentence_errors,  # noqa: E402
+                         workers_ok)
 from rl.presets import ACTIVATIONS, ALL_METHODS, BATCH_BY, PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
