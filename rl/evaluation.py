@@ -254,8 +254,6 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
         raise ValueError(f"random_activation must be one of {ACTIVATIONS}, got {random_activation!r}.")
     preset = PRESETS[task]
     runs = _check_runs(task, logdir, methods_given)
-    if methods_given:
-        _check_checkpoints(task, logdir, methods, checkpoint)
     trained = [m for m in METHODS if runs[m]]
     maml_run = runs["maml"]
     # every method's test batches as the MAML run's were (horizon, batch mode), else the first trained baseline's
@@ -280,6 +278,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     if len(set(versions.values())) > 1:
         raise ValueError(f"The runs in {logdir} were trained on different environments ({versions}); evaluate "
                          f"runs of one environment version together.")
+    if methods_given:
+        _check_checkpoints(task, logdir, methods, checkpoint)
     for method in methods:
         with Sampler(env_ids[method], num_workers=num_workers, horizon=horizon) as sampler:
             if tasks is None and test_tasks == "authors":
