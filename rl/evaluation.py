@@ -119,7 +119,7 @@ def load_policy(logdir: str, method: str, sampler: Sampler, checkpoint: str = "b
     run = os.path.join(logdir, method)
     model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, name=f"policy_{method}")
     ckpt = make_checkpoint(model, None)
-    dirs = ["best", "ckpt"] if checkpoint == "best" else ["ckpt"]
+    dirs = _checkpoint_dirs(checkpoint)
     latest = tf.train.latest_checkpoint(os.path.join(run, "ckpt"))
     trained = int(latest.rsplit("-", 1)[1]) if latest else None
     # the run's training time up to its latest checkpoint (the evaluated one may be an earlier, best one)
@@ -203,12 +203,17 @@ def _check_runs(task: str, logdir: str, methods_given: bool) -> dict:
     return runs
 
 
+def _checkpoint_dirs(checkpoint: str) -> tuple:
+    """The folders of a run that :func:`load_policy` looks in, in order: "best" falls back to the latest."""
+    return ("best", "ckpt") if checkpoint == "best" else ("ckpt",)
+
+
 def _check_checkpoints(task: str, logdir: str, methods: Sequence[str], checkpoint: str) -> None:
     """Before evaluating anything: every trained method asked for explicitly has a checkpoint to load."""
-    dirs = ("best", "ckpt") if checkpoint == "best" else ("ckpt",)
     for method in methods:
         run = os.path.join(logdir, method)
-        if method != "random" and not any(tf.train.latest_checkpoint(os.path.join(run, d)) for d in dirs):
+        if method != "random" and not any(tf.train.latest_checkpoint(os.path.join(run, d))
+                                          for d in _checkpoint_dirs(checkpoint)):
             raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_{task}.py "
                                     f"--method={method} --logdir={run}) or leave {method} out of --methods.")
 
