@@ -113,9 +113,10 @@ def step_sizes(task: str, method: str, maml_inner_lr: float, steps: int, test_lr
     return [first] + [first * protocol.later_factor] * (steps - 1)
 
 
-def load_policy(logdir: str, method: str, sampler: Sampler, checkpoint: str = "best"):
+def load_policy(logdir: str, method: str, sampler: Sampler, checkpoint: str = "best", task: str | None = None):
     """The trained policy of ``method`` (its run is ``<logdir>/<method>``; ``checkpoint`` "best", falling
-    back to the latest, or "latest") and {checkpoint, its iteration, the iterations trained, wall time}."""
+    back to the latest, or "latest") and {checkpoint, its iteration, the iterations trained, wall time}.
+    ``task`` only names the training script in the error raised when there is no checkpoint."""
     run = os.path.join(logdir, method)
     model = policies.gaussian_mlp_policy(sampler.obs_dim, sampler.act_dim, name=f"policy_{method}")
     ckpt = make_checkpoint(model, None)
@@ -129,7 +130,8 @@ def load_policy(logdir: str, method: str, sampler: Sampler, checkpoint: str = "b
             return model, {"checkpoint": d, "iteration": int(ckpt.iteration.numpy()),
                            "trained_iterations": trained, "wall_time_s": round(float(ckpt.wall_time.numpy()), 1),
                            "trained_wall_time_s": None if trained_s is None else round(trained_s, 1)}
-    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first (rl/train_<task>.py --method={method} "
+    script = f"rl/train_{task}.py" if task else "the task's rl/train_<task>.py"
+    raise FileNotFoundError(f"No {method} checkpoint in {run}; train it first ({script} --method={method} "
                             f"--logdir={run}).")
 
 
@@ -297,7 +299,7 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
                                                      activation=random_activation)
             else:
                 try:
-                    model, training[method] = load_policy(logdir, method, sampler, checkpoint)
+                    model, training[method] = load_policy(logdir, method, sampler, checkpoint, task=task)
                 except FileNotFoundError as e:
                     if methods_given:  # asked for explicitly
                         raise

@@ -379,3 +379,13 @@ def test_sigterm_to_the_process_group_saves_like_ctrl_c(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted at iteration" in err and "Traceback" not in err
     assert any(p.name.endswith(".index") for p in (logdir / "ckpt").iterdir())
+
+
+def test_load_policy_without_a_checkpoint_names_the_tasks_training_script(tmp_path):
+    from types import SimpleNamespace
+    from rl import evaluation
+    sampler = SimpleNamespace(obs_dim=2, act_dim=2)
+    with pytest.raises(FileNotFoundError, match=r"rl/train_navigation\.py --method=maml --logdir="):
+        evaluation.load_policy(str(tmp_path), "maml", sampler, task="navigation")
+    with pytest.raises(FileNotFoundError, match=r"the task's rl/train_<task>\.py --method=oracle"):
+        evaluation.load_policy(str(tmp_path), "oracle", sampler)
