@@ -40,7 +40,8 @@ def code_fragments(text: str) -> list[str]:
         fragments.extend(logical_lines(match.group(1)))
         return "\n"
     text = re.sub(r"```[^\n]*\n(.*?)```", fenced, text, flags=re.S)
-    indented = [line for line in text.split("\n") if line.startswith("    ") and not line.lstrip().startswith(("|", "-", "*"))]
+    indented = [line for line in text.split("\n")
+                if line.startswith("    ") and not line.lstrip().startswith(("|", "-", "*"))]
     fragments.extend(logical_lines("\n".join(indented)))
     fragments.extend(span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", text))
     return fragments
