@@ -166,11 +166,13 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, what: str = "checkp
 
 class Interrupted(KeyboardInterrupt):
     """A run ended by a signal after saving its checkpoint; ``signum`` is that signal (the entry points
-    exit with 128 + signum, the shell's convention)."""
+    exit with 128 + signum, the shell's convention); ``result`` is the :class:`TrainResult` of the run up
+    to the saved iteration (None for a second signal, which does not wait for the iteration to end)."""
 
-    def __init__(self, signum: int = signal.SIGINT):
+    def __init__(self, signum: int = signal.SIGINT, result: Optional["TrainResult"] = None):
         super().__init__(signum)
         self.signum = int(signum)
+        self.result = result
 
 
 class _DeferredInterrupt:
@@ -297,16 +299,22 @@ def train(model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer], s
                     print(f"[{name}] validation at {i}: {score:.4f}" + ("  (best so far, saved)" if improved else ""),
                           flush=True)
             if interrupt.requested:  # between iterations: the state is exactly that of iteration i
-                save(i, wall0 + time.time() - t0)
+                wall = wall0 + time.time() - t0
+                save(i, wall)
+                writer.flush()
                 print(f"\n[{name}] interrupted at iteration {i}; checkpoint saved, run the same command to resume.",
                       file=sys.stderr, flush=True)
-                raise Interrupted(interrupt.signum)
+                raise Interrupted(interrupt.signum, _result(i, wall, metrics, best_score, best_iteration))
             if i % checkpoint_every == 0 and i < iterations:
                 save(i, wall0 + time.time() - t0)
     wall = wall0 + time.time() - t0
     if start < iterations or restored is None:
         save(i, wall)
     writer.flush()
+    return _result(i, wall, metrics, best_score, best_iteration)
+
+
+def _result(i: int, wall: float, metrics: dict, best_score: tf.Variable, best_iteration: tf.Variable) -> TrainResult:
     return TrainResult(iterations=i, wall_time_s=wall, last_metrics=metrics,
                        best_score=None if best_iteration.numpy() < 0 else float(best_score.numpy()),
                        best_iteration=None if best_iteration.numpy() < 0 else int(best_iteration.numpy()))

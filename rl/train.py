@@ -23,7 +23,9 @@ iteration by average return (post-update for MAML) is kept in ``<logdir>/best`` 
 checkpoint of iteration i holds the parameters after its TRPO update, the return was measured just before
 it). A resumed run computes what the uninterrupted one would have, bit for bit, and two runs of one command
 agree (``--deterministic``, the default: TensorFlow's ops run one at a time). TensorBoard scalars are in ``<logdir>/tb``, every
-iteration's numbers in ``<logdir>/progress.csv``. Evaluate with ``rl/evaluate.py``.
+iteration's numbers in ``<logdir>/progress.csv``, the iterations reached, the training clock and the best
+iteration in ``<logdir>/training.json`` (also when Ctrl-C or SIGTERM ends a session: then with
+``"interrupted": true``, after the checkpoint of the iteration it stopped at). Evaluate with ``rl/evaluate.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ import numpy as np  # noqa: E402
 
 from maml_tf.cli import (WORKERS_MESSAGE, check_logdir, finite_non_negative, finite_positive,  # noqa: E402
                          one_op_at_a_time, one_sentence_errors, workers_ok)
-from maml_tf.training import check_config, check_iterations, has_checkpoint, train  # noqa: E402
+from maml_tf.training import (Interrupted, TrainResult, check_config, check_iterations, has_checkpoint,  # noqa: E402
+                              train)
 from rl import maml_trpo, policies  # noqa: E402
 from rl.presets import (BASELINES, BATCH_BY, CURVATURES, METHODS, PRESETS, RL_LAYOUTS, Preset,  # noqa: E402
                         current_settings, recorded_config)
@@ -299,16 +302,30 @@ def train_task(task: str) -> dict:
             return shown
 
         t0 = time.time()
-        result = train(model, None, step, batch_for_iteration, s["iterations"], logdir,
-                       checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
-                       validate=lambda i, wall: learner.score(), validate_every=1, name=name, verbose=True,
-                       extra_state=learner.state)
-    summary = {"task": task, "method": s["method"], "iterations": result.iterations,
+        try:
+            result = train(model, None, step, batch_for_iteration, s["iterations"], logdir,
+                           checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
+                           validate=lambda i, wall: learner.score(), validate_every=1, name=name, verbose=True,
+                           extra_state=learner.state)
+        except Interrupted as stopped:  # Ctrl-C or SIGTERM: the checkpoint is saved; say where the run got to
+            if stopped.result is not None:
+                write_training_json(logdir, stopped.result, s, t0, interrupted=True)
+            raise
+    summary = write_training_json(logdir, result, s, t0)
+    print(f"[{name}] done: {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def write_training_json(logdir: str, result: TrainResult, s: dict, t0: float, interrupted: bool = False) -> dict:
+    """``<logdir>/training.json``: the iterations reached (``"interrupted": true`` when a signal ended the
+    session before ``settings["iterations"]``), the training clock, the best iteration and the settings."""
+    summary = {"task": s["task"], "method": s["method"], "iterations": result.iterations,
                "wall_time_s": round(result.wall_time_s, 1), "best_score": result.best_score,
                "best_iteration": result.best_iteration, "session_s": round(time.time() - t0, 1)}
+    if interrupted:
+        summary["interrupted"] = True
     with open(os.path.join(logdir, "training.json"), "w") as f:
         json.dump({**summary, "settings": s}, f, indent=2)
-    print(f"[{name}] done: {json.dumps(summary)}", flush=True)
     return summary
 
 

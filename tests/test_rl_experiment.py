@@ -379,6 +379,11 @@ def test_sigterm_to_the_process_group_saves_like_ctrl_c(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted at iteration" in err and "Traceback" not in err
     assert any(p.name.endswith(".index") for p in (logdir / "ckpt").iterdir())
+    # training.json says where the run got to, not where an earlier session ended (here: no earlier one)
+    reached = int(err.split("interrupted at iteration ")[1].split(";")[0])
+    training = json.loads((logdir / "training.json").read_text())
+    assert reached >= 1 and training["iterations"] == reached and training["interrupted"] is True
+    assert training["settings"]["iterations"] == 1000 and training["best_iteration"] is not None
 
 
 def test_load_policy_without_a_checkpoint_names_the_tasks_training_script(tmp_path):

@@ -139,6 +139,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_iteration_and_validation_sees
         train(model, opt, step_then_terminate, batch_for, 100, str(tmp_path), checkpoint_every=10,
               validate=validate, validate_every=5, verbose=False)
     assert ended.value.signum == signal.SIGTERM  # the entry points exit with 128 + 15
+    assert ended.value.result.iterations == 13 and ended.value.result.best_iteration == 5  # for the caller's records
     assert signal.getsignal(signal.SIGTERM) is before
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-13")  # after the step it interrupted
     assert [i for i, _ in seen] == [5, 10]
