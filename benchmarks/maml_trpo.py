@@ -33,7 +33,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as rl/train.py (TF_ENABLE_ONEDNN_OPTS=0 in front measures without)
+# as rl/train.py (TF_ENABLE_ONEDNN_OPTS=0 in front measures without)
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 # No TensorFlow at the top: the sampler's worker processes re-import this file (main imports the learner).
 from maml_tf.cli import one_op_at_a_time, quiet_tensorflow  # noqa: E402
@@ -46,7 +47,8 @@ flags.DEFINE_integer("horizon", 200, "Steps per episode (paper: 200).", lower_bo
 flags.DEFINE_integer("iterations", 2, "Timed meta-iterations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed meta-iterations first (tracing).", lower_bound=0)
 flags.DEFINE_enum("curvature", "gauss_newton", CURVATURES, "KL Hessian-vector products.")
-flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of post-update rollouts used for the Fisher matrix in the curvature.",
+flags.DEFINE_float("hvp_subsample", 0.2,
+                   "Fraction of post-update rollouts used for the Fisher matrix in the curvature.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("first_order", False, "First-order MAML.")
 flags.DEFINE_enum("layout", None, RL_LAYOUTS, "Per-task layout (default: the task's training default, "

@@ -29,7 +29,8 @@ windows a last worker measures this machine's best fp32 rate on a large matrix p
 large-batch convolution (``peak_gflops``, best of 5). ``floor_ms_per_iter`` = the step's arithmetic at
 that rate: no layout that does the same arithmetic can be faster. ``max_speedup`` = the loop's time
 over that floor, the most any such layout could gain over the loop on this machine; ``gflops`` per
-variant is the rate it reaches. A variant is ``layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER]``, e.g. ``batched``, ``vectorized``, ``batched+bf16``
+variant is the rate it reaches. A variant is ``layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER]``, e.g.
+``batched``, ``vectorized``, ``batched+bf16``
 (convolutions and matrix products in bfloat16, batched layout only: the same multiply-adds at lower
 precision, so the fp32 floor does not bound it),
 ``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``, ``loop+eigen`` (TensorFlow's
@@ -67,10 +68,12 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = ["5way1shot", "20way1shot"]  # the two the speed target names
 LAYOUTS = ("loop", "vectorized", "batched")
-VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(?P<bf16>\+bf16)?(?P<nomemopt>\+nomemopt)?(@(?P<intra>\d+)x(?P<inter>\d+))?$")
+VARIANT = re.compile(r"^(?P<layout>[a-z]+)(?P<xla>\+xla)?(?P<eigen>\+eigen)?(?P<bf16>\+bf16)?(?P<nomemopt>\+nomemopt)?"
+                     r"(@(?P<intra>\d+)x(?P<inter>\d+))?$")
 
 flags.DEFINE_list("settings", DEFAULT_SETTINGS, f"Settings to run: {', '.join(SETTINGS)}.")
-flags.DEFINE_list("variants", ["batched"], "Variants to time against the loop: layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER].")
+flags.DEFINE_list("variants", ["batched"],
+                  "Variants to time against the loop: layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER].")
 flags.DEFINE_string("reference", "loop", "The denominator variant.")
 flags.DEFINE_integer("iters", 5, "Iterations per timed window.", lower_bound=1)
 flags.DEFINE_integer("windows", 3, "Timed windows per variant (interleaved across variants).", lower_bound=1)
@@ -80,7 +83,8 @@ flags.DEFINE_string("child", None, "Internal: run one variant as a worker (setti
 flags.register_validator("settings", lambda v: len(v) > 0 and set(v) <= set(SETTINGS),
                          f"--settings takes a comma-separated subset of {','.join(SETTINGS)}.")
 flags.register_validator("variants", lambda v: len(v) > 0 and all(_parse_ok(s) for s in v),
-                         "--variants takes specs like batched, loop@1x1, batched+xla, batched+bf16 or loop+eigen (+bf16: batched only; layouts: "
+                         "--variants takes specs like batched, loop@1x1, batched+xla, batched+bf16 or loop+eigen "
+                         "(+bf16: batched only; layouts: "
                          + ", ".join(LAYOUTS) + ").")
 flags.register_validator("reference", lambda s: _parse_ok(s), "--reference takes a spec like loop or loop@1x1.")
 FLAGS = flags.FLAGS
@@ -130,7 +134,8 @@ def measure_peak() -> dict:
 def run_child(setting: str, spec: str) -> None:
     cfg, var = SETTINGS[setting], parse_variant(spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
+    # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     import keras
     import numpy as np
     import tensorflow as tf

@@ -292,7 +292,8 @@ def initialise_from(model: keras.Model, source: str, logdir: str, verbose: bool 
     """Start a new run in ``logdir`` from the weights of the run in ``source`` (its best checkpoint, else
     its latest: :func:`load_for_evaluation`); writes what was loaded to ``logdir/init_from.json``."""
     if not os.path.isdir(source):
-        raise FileNotFoundError(f"--init_from={source} is not a directory; it takes the log directory of an earlier run.")
+        raise FileNotFoundError(f"--init_from={source} is not a directory; it takes the log directory of an "
+                                "earlier run.")
     if not has_checkpoint(source) and tf.train.latest_checkpoint(os.path.join(source, "best")) is None:
         raise FileNotFoundError(f"--init_from={source} holds no checkpoint (best/ or ckpt/); it takes the log "
                                 "directory of a run that has trained.")

@@ -38,7 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
 
 import fewshot_flags  # noqa: E402
-from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
+# TensorFlow is imported in main, once the flags are valid.
+from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
 
 PRESET = dict(num_inner_steps=5, inner_lr=0.01, num_eval_steps=10, num_query=15)
 META_BATCH = {1: 4, 5: 2}  # paper: 4 for 1-shot, 2 for 5-shot

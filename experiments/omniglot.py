@@ -51,7 +51,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # grouped convolutions on CPUs without AVX-512 (maml_tf/batched.py)
 
 import fewshot_flags  # noqa: E402
-from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402  (TensorFlow is imported in main, once the flags are valid)
+# TensorFlow is imported in main, once the flags are valid.
+from maml_tf.cli import one_sentence_errors, read_json  # noqa: E402
 
 DRAWINGS = 20  # drawings per Omniglot character
 PRESETS = {  # paper appendix A.1, by number of ways

@@ -223,7 +223,8 @@ def figures(trained: dict, results: dict, logdir: str) -> None:
             pred = make_forward(model)(fast, xs[0]).numpy()[:, 0]
             ax.plot(xs[0, :, 0], pred, styles[n][0], color=styles[n][1], label=styles[n][2])
         ax.plot(t.support_x[0, :, 0], t.support_y[0, :, 0], "k^", ms=8, label=f"{k} points used for gradient")
-        ax.set_title({"maml": "MAML, K=5", "pretrained": "pretrained, K=5, step size %g" % finetune_lr(method, k)}[method])
+        ax.set_title({"maml": "MAML, K=5",
+                      "pretrained": "pretrained, K=5, step size %g" % finetune_lr(method, k)}[method])
         ax.set_xlabel("x")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -181,7 +181,8 @@ def _probe_grouped_conv(device: str, dtype: str) -> Optional[str]:
         second_derivatives(x, k, b)
         return None
     except tf.errors.OpError as e:
-        lines = [ln.strip() for ln in e.message.splitlines() if ln.strip() and not ln.strip().startswith(("[[", "File"))]
+        lines = [ln.strip() for ln in e.message.splitlines()
+                 if ln.strip() and not ln.strip().startswith(("[[", "File"))]
         said = next((ln for ln in lines if "group" in ln.lower()), lines[-1] if lines else type(e).__name__)
         if dtype != "float32" and grouped_conv_problem("float32") is None:
             return (f"this TensorFlow cannot run grouped convolutions and their gradients in {dtype} on this {device} "

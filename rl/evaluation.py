@@ -171,7 +171,8 @@ def figure(task: str, results: dict, path: str, tasks: str) -> None:
             ax.axhline(ref["oracle"]["returns"][0], color=c, ls=":", label=f"{labels[method]} (paper)")
             continue
         n = np.arange(len(r["returns"]))
-        ax.errorbar(n, r["returns"], yerr=r["stderr"], color=c, marker="o", ms=4, capsize=3, label=f"{labels[method]} (ours)")
+        ax.errorbar(n, r["returns"], yerr=r["stderr"], color=c, marker="o", ms=4, capsize=3,
+                    label=f"{labels[method]} (ours)")
         p = ref[method]["returns"]
         ax.plot(np.arange(len(p)), p, color=c, marker="x", ms=9, mew=2, ls=":", lw=1, label=f"{labels[method]} (paper)")
     ax.set_xticks(range(max(steps, 4)))
@@ -235,7 +236,8 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     (``TEST_PROTOCOL``; batches as the MAML run's, else the first trained baseline's). ``command`` is
     recorded as the metrics' "command" (None unless given; rl/evaluate.py gives its command line);
     ``verbose`` prints each method's returns beside the paper's as they come. ``random_activation``: the
-    random initialisation's hidden activation (default: the protocol's, ``TestProtocol.random_activation``). TensorFlow's ops may run
+    random initialisation's hidden activation (default: the protocol's, ``TestProtocol.random_activation``).
+    TensorFlow's ops may run
     concurrently unless the caller ran ``maml_tf.cli.one_op_at_a_time()`` first, as rl/evaluate.py does
     (then the returns repeat exactly from one evaluation to the next)."""
     if task not in PRESETS:

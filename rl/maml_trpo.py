@@ -187,7 +187,8 @@ def standardize(advantages: np.ndarray, mask: np.ndarray, eps: float = 1e-8) -> 
 
 
 def policy_data(episodes: Episodes, discount: float = 0.99, gae_lambda: float = 1.0,
-                normalize_advantages: bool = True, dtype=tf.float32, advantages: np.ndarray | None = None) -> PolicyData:
+                normalize_advantages: bool = True, dtype=tf.float32,
+                advantages: np.ndarray | None = None) -> PolicyData:
     """Advantages from the linear feature baseline refitted per task (``rl.baselines.advantages``;
     or the given ``advantages`` [M, R, T]), standardised per task if asked; then each task's valid
     steps packed along one step axis, episode after episode (``pack_steps``)."""

@@ -142,9 +142,11 @@ def make_policy_fn(model: keras.Model):
 
             if per_task:
                 fn = tf.function(lambda obs, noise: tf.vectorized_map(
-                    lambda x: sample(x[0], x[1], x[2]), ({k: v.read_value() for k, v in variables.items()}, obs, noise)))
+                    lambda x: sample(x[0], x[1], x[2]),
+                    ({k: v.read_value() for k, v in variables.items()}, obs, noise)))
             else:
-                fn = tf.function(lambda obs, noise: sample({k: v.read_value() for k, v in variables.items()}, obs, noise))
+                fn = tf.function(lambda obs, noise: sample(
+                    {k: v.read_value() for k, v in variables.items()}, obs, noise))
             acting[key] = (variables, fn)
         variables, fn = acting[key]
         for k, v in variables.items():

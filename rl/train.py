@@ -22,7 +22,8 @@ the run's own, and a flag that changes one is announced and recorded there under
 iteration by average return (post-update for MAML) is kept in ``<logdir>/best`` (as in rllab, the
 checkpoint of iteration i holds the parameters after its TRPO update, the return was measured just before
 it). A resumed run computes what the uninterrupted one would have, bit for bit, and two runs of one command
-agree (``--deterministic``, the default: TensorFlow's ops run one at a time). TensorBoard scalars are in ``<logdir>/tb``, every
+agree (``--deterministic``, the default: TensorFlow's ops run one at a time). TensorBoard scalars are in
+``<logdir>/tb``, every
 iteration's numbers in ``<logdir>/progress.csv``, the iterations reached, the training clock and the best
 iteration in ``<logdir>/training.json`` (also when Ctrl-C or SIGTERM ends a session: then with
 ``"interrupted": true``, after the checkpoint of the iteration it stopped at). Evaluate with ``rl/evaluate.py``.
@@ -78,7 +79,8 @@ def define_flags(preset: Preset) -> None:
                       "their effective base_eps of 1: a secant of the meta-KL's gradient over theta +- v/|theta|, "
                       "all rollouts).")
     flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
-                       "Fisher matrix in the curvature, but at least 4 of them (or all); the inner step's Jacobian always uses "
+                       "Fisher matrix in the curvature, but at least 4 of them (or all); the inner step's Jacobian "
+                       "always uses "
                        "all pre-update rollouts.")
     flags.DEFINE_enum("baseline", "per_task", BASELINES,
                       "per_task: the linear baseline is fitted to each task's own episodes (as the authors' final "
@@ -94,7 +96,8 @@ def define_flags(preset: Preset) -> None:
                       "paper's); the same task distribution, less imbalance within a batch.")
     flags.DEFINE_bool("normalize_advantages", True, "Standardise advantages per task (rllab's center_adv).")
     flags.DEFINE_enum("layout", preset.layout, RL_LAYOUTS, "How per-task computations are laid out "
-                      "(speed only: the half-cheetah's default, loop, is the faster one there, benchmarks/maml_trpo.py).")
+                      "(speed only: the half-cheetah's default, loop, is the faster one there, "
+                      "benchmarks/maml_trpo.py).")
     flags.DEFINE_bool("jit_compile", preset.jit_compile, "Compile the KL curvature products with XLA (speed only; "
                       "the step axes are padded to a few sizes, each compiled once: worth it where the batch shapes "
                       "repeat, as the half-cheetah's do).")

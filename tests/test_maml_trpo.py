@@ -145,7 +145,8 @@ def test_curvature_products_equal_the_hessian_of_the_kl_through_the_inner_step(f
     if first_order:  # theta'_i = theta + a constant shift: the curvature is that of KL(theta + shift_i)
         def kl(w):
             return tf.reduce_mean([maml_trpo.surrogate_and_kl(
-                model, {k: w[k] + fast[k][i] - w0[k] for k in w}, *tf.nest.map_structure(lambda x: x[i], (post, old)))[1]
+                model, {k: w[k] + fast[k][i] - w0[k] for k in w},
+                *tf.nest.map_structure(lambda x: x[i], (post, old)))[1]
                 for i in range(2)])
     else:
         def kl(w):
@@ -330,8 +331,9 @@ def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inn
 def test_adaptation_returns_shape_and_determinism(nav_sampler):
     model = policies.gaussian_mlp_policy(2, 2, seed=1, name="nav_eval")
     tasks = nav_sampler.sample_tasks(3, np.random.default_rng(1))
-    r1 = maml_trpo.adaptation_returns(model, nav_sampler, tasks, steps=2, inner_lr=[0.5, 0.25], rollouts_per_task=3, seed=5)
-    r2 = maml_trpo.adaptation_returns(model, nav_sampler, tasks, steps=2, inner_lr=[0.5, 0.25], rollouts_per_task=3, seed=5)
+    kwargs = dict(steps=2, inner_lr=[0.5, 0.25], rollouts_per_task=3, seed=5)
+    r1 = maml_trpo.adaptation_returns(model, nav_sampler, tasks, **kwargs)
+    r2 = maml_trpo.adaptation_returns(model, nav_sampler, tasks, **kwargs)
     assert r1.shape == (3, 3) and np.all(r1 < 0)
     np.testing.assert_allclose(r1, r2, rtol=1e-5)
 

@@ -43,7 +43,8 @@ def test_register_checks_its_arguments():
     with pytest.raises(ValueError, match="already registered as Navigation2DEnv"):
         rl.envs.register("maml_tf/Navigation2D-v1", nav, horizon=50)
     rl.envs.register("maml_tf/Navigation2D-v1", nav, horizon=100, goal_region="box")  # the same: nothing to do
-    with pytest.raises(ValueError, match=r"Navigation2DEnv\(task=None, \*\*\{'foo': 1\}\) does not fit its constructor"):
+    with pytest.raises(ValueError,
+                       match=r"Navigation2DEnv\(task=None, \*\*\{'foo': 1\}\) does not fit its constructor"):
         rl.envs.register("test/NavFoo-v0", nav, horizon=10, foo=1)
     rl.envs.register("test/NavInt64-v0", nav, horizon=np.int64(10), goal_region="box")  # any integer type
     assert rl.envs.spec("test/NavInt64-v0")[1] == 10

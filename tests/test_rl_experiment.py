@@ -170,7 +170,8 @@ def test_a_run_resumes_with_its_own_settings_from_logdir_alone(tmp_path):
 
 def test_a_resumed_run_keeps_its_own_trust_region_unless_told(tmp_path):
     logdir = tmp_path / "maml"
-    assert run("rl/train_navigation.py", *TINY, "--iterations=1", "--max_kl=0.001", f"--logdir={logdir}").returncode == 0
+    first = run("rl/train_navigation.py", *TINY, "--iterations=1", "--max_kl=0.001", f"--logdir={logdir}")
+    assert first.returncode == 0, first.stderr[-2000:]
     kept = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
     assert kept.returncode == 0, kept.stderr[-2000:]
     settings = json.loads((logdir / "training.json").read_text())["settings"]

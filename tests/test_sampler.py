@@ -174,7 +174,8 @@ def test_restart_fills_each_slot_with_episodes_until_the_horizon(num_workers):
             n = episodes.lengths[m, j]
             np.testing.assert_allclose(episodes.obs[m, j, 0], 0.0)
             positions = np.cumsum(np.clip(0.1 * episodes.actions[m, j, :n], -0.1, 0.1), axis=0)
-            np.testing.assert_allclose(episodes.rewards[m, j, :n], -np.linalg.norm(positions - goals[m], axis=-1), atol=1e-6)
+            np.testing.assert_allclose(episodes.rewards[m, j, :n], -np.linalg.norm(positions - goals[m], axis=-1),
+                                       atol=1e-6)
     # Averages count real episodes only.
     returns = episodes.returns()
     expected = [returns[m][episodes.valid[m]].mean() for m in range(2)]
@@ -245,7 +246,8 @@ def test_step_many_is_step_on_each_env_bit_for_bit(env_id, steps):
         type(batched[0]).step_many(batched, np.zeros((n, act_dim - 1)), obs)
 
 
-@pytest.mark.parametrize("env_id,act_dim,horizon", [("maml_tf/HalfCheetahVel-v1", 6, 20), ("maml_tf/AntVel-v1", 8, 200)])
+@pytest.mark.parametrize("env_id,act_dim,horizon",
+                         [("maml_tf/HalfCheetahVel-v1", 6, 20), ("maml_tf/AntVel-v1", 8, 200)])
 def test_sampler_fast_path_gives_the_episodes_of_the_per_env_path(env_id, act_dim, horizon):
     """Without info keys the workers use step_many; with them, env.step: identical episodes (for the
     ant, some end early when it falls)."""

@@ -15,7 +15,8 @@
 The ``-v1`` ids follow the authors' (rllab) environments, which the training presets use. For
 navigation that is the goal region: a box of half-width 0.01 around the goal ends the episode
 (``goal_region="box"``), where ``-v0`` uses a disc of radius 0.01 (rl/envs/navigation.py). For the
-locomotion tasks it is ``convention="rllab"`` (details in rl/envs/locomotion.py): one physics step per action (0.01 s for
+locomotion tasks it is ``convention="rllab"`` (details in rl/envs/locomotion.py): one physics step per
+action (0.01 s for
 the half-cheetah, whose gymnasium v5 takes five; 0.02 s for the ant, five of 0.01 s in v5), rllab's
 observations (with the torso subtree's centre of mass), that centre of mass's velocity as the
 forward velocity, Gaussian reset noise, and for the ant rllab's initial pose and reward constants.
@@ -102,7 +103,8 @@ def register(env_id: str, env_class: type, horizon: int, **kwargs) -> None:
     needs += [f"family.{name}" for name in ("sample", "validate") if not callable(getattr(family, name, None))]
     if not isinstance(env_class, type) or needs:
         raise ValueError(f"{getattr(env_class, '__name__', env_class)!r} is not a task environment class: it lacks "
-                         f"{', '.join(needs) or 'being a class'} (derive from rl.envs.tasks.TaskEnvMixin and set family).")
+                         f"{', '.join(needs) or 'being a class'} "
+                         "(derive from rl.envs.tasks.TaskEnvMixin and set family).")
     try:  # kwargs the constructor cannot take fail here, not later in a sampler's worker
         inspect.signature(env_class).bind(task=None, **kwargs)
     except TypeError as e:
