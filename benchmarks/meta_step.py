@@ -30,9 +30,8 @@ large-batch convolution (``peak_gflops``, best of 5). ``floor_ms_per_iter`` = th
 that rate: no layout that does the same arithmetic can be faster. ``max_speedup`` = the loop's time
 over that floor, the most any such layout could gain over the loop on this machine; ``gflops`` per
 variant is the rate it reaches. A variant is ``layout[+xla][+eigen][+bf16][+nomemopt][@INTRAxINTER]``, e.g.
-``batched``, ``vectorized``, ``batched+bf16``
-(convolutions and matrix products in bfloat16, batched layout only: the same multiply-adds at lower
-precision, so the fp32 floor does not bound it),
+``batched``, ``vectorized``, ``batched+bf16`` (convolutions and matrix products in bfloat16, batched layout
+only: the same multiply-adds at lower precision, so the fp32 floor does not bound it),
 ``loop@1x1`` (one intra-op and one inter-op thread), ``batched+xla``, ``loop+eigen`` (TensorFlow's
 own CPU kernels instead of oneDNN: ``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's default on CPUs without
 AVX-512; every other variant runs with oneDNN, which the batched layout's grouped convolutions need

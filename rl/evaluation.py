@@ -230,16 +230,15 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     ``test_tasks="seeded"`` drawn with ``seed``: module docstring) for each method, as the metrics of
     ``results/rl/<task>/metrics.json``; ``seed`` also seeds the rollouts and the random initialisation.
 
-    ``logdir`` holds the trained runs as ``maml/``, ``pretrained/``, ``oracle/``. ``methods`` None: all
-    four, skipping (and listing under "skipped") a trained method without a checkpoint; a given list:
-    each must have one. ``rollouts_per_task``, ``test_lr`` and ``batch_by`` override the test protocol
-    (``TEST_PROTOCOL``; batches as the MAML run's, else the first trained baseline's). ``command`` is
-    recorded as the metrics' "command" (None unless given; rl/evaluate.py gives its command line);
-    ``verbose`` prints each method's returns beside the paper's as they come. ``random_activation``: the
-    random initialisation's hidden activation (default: the protocol's, ``TestProtocol.random_activation``).
-    TensorFlow's ops may run
-    concurrently unless the caller ran ``maml_tf.cli.one_op_at_a_time()`` first, as rl/evaluate.py does
-    (then the returns repeat exactly from one evaluation to the next)."""
+    ``logdir`` holds the trained runs as ``maml/``, ``pretrained/``, ``oracle/``. ``methods`` None: all four,
+    skipping (and listing under "skipped") a trained method without a checkpoint; a given list: each must have
+    one. ``rollouts_per_task``, ``test_lr`` and ``batch_by`` override the test protocol (``TEST_PROTOCOL``;
+    batches as the MAML run's, else the first trained baseline's). ``command`` is recorded as the metrics'
+    "command" (None unless given; rl/evaluate.py gives its command line); ``verbose`` prints each method's
+    returns beside the paper's as they come. ``random_activation``: the random initialisation's hidden
+    activation (default: the protocol's, ``TestProtocol.random_activation``). TensorFlow's ops may run
+    concurrently unless the caller ran ``maml_tf.cli.one_op_at_a_time()`` first, as rl/evaluate.py does (then
+    the returns repeat exactly from one evaluation to the next)."""
     if task not in PRESETS:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(PRESETS)}.")
     methods_given = methods is not None

@@ -11,10 +11,9 @@ accepts, e.g. an eager tf.Tensor). Environments whose episode has ended still ap
 (frozen at their last observation) and their actions are ignored. The policy samples its own
 actions, so it owns that randomness; for reproducible rollouts, seed it.
 
-Physics is stepped by ``num_workers`` processes, each owning an interleaved share of the M*R
-environments (env i goes to worker i % num_workers) and stepping it one env after another; actions go
-out and observations, rewards and
-termination flags come back over pipes. ``num_workers=0`` steps everything in this process.
+Physics is stepped by ``num_workers`` processes, each owning an interleaved share of the M*R environments (env
+i goes to worker i % num_workers) and stepping it one env after another; actions go out and observations,
+rewards and termination flags come back over pipes. ``num_workers=0`` steps everything in this process.
 
 Workers are started with multiprocessing's "spawn" method (safe next to TensorFlow's threads), so
 a script that creates a Sampler needs the usual ``if __name__ == "__main__":`` guard (absl's

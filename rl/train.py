@@ -23,10 +23,10 @@ iteration by average return (post-update for MAML) is kept in ``<logdir>/best`` 
 checkpoint of iteration i holds the parameters after its TRPO update, the return was measured just before
 it). A resumed run computes what the uninterrupted one would have, bit for bit, and two runs of one command
 agree (``--deterministic``, the default: TensorFlow's ops run one at a time). TensorBoard scalars are in
-``<logdir>/tb``, every
-iteration's numbers in ``<logdir>/progress.csv``, the iterations reached, the training clock and the best
-iteration in ``<logdir>/training.json`` (also when Ctrl-C or SIGTERM ends a session: then with
-``"interrupted": true``, after the checkpoint of the iteration it stopped at). Evaluate with ``rl/evaluate.py``.
+``<logdir>/tb``, every iteration's numbers in ``<logdir>/progress.csv``, the iterations reached, the training
+clock and the best iteration in ``<logdir>/training.json`` (also when Ctrl-C or SIGTERM ends a session: then
+with ``"interrupted": true``, after the checkpoint of the iteration it stopped at). Evaluate with
+``rl/evaluate.py``.
 """
 
 from __future__ import annotations

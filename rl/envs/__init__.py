@@ -12,15 +12,14 @@
     maml_tf/AntVel-v1                     AntVelEnv           velocity in [0, 3]     200
     maml_tf/AntDir-v1                     AntDirEnv           direction +1 / -1      200
 
-The ``-v1`` ids follow the authors' (rllab) environments, which the training presets use. For
-navigation that is the goal region: a box of half-width 0.01 around the goal ends the episode
-(``goal_region="box"``), where ``-v0`` uses a disc of radius 0.01 (rl/envs/navigation.py). For the
-locomotion tasks it is ``convention="rllab"`` (details in rl/envs/locomotion.py): one physics step per
-action (0.01 s for
-the half-cheetah, whose gymnasium v5 takes five; 0.02 s for the ant, five of 0.01 s in v5), rllab's
-observations (with the torso subtree's centre of mass), that centre of mass's velocity as the
-forward velocity, Gaussian reset noise, and for the ant rllab's initial pose and reward constants.
-The ``-v0`` ids keep gymnasium's v5 conventions (``convention="gymnasium"``).
+The ``-v1`` ids follow the authors' (rllab) environments, which the training presets use. For navigation that
+is the goal region: a box of half-width 0.01 around the goal ends the episode (``goal_region="box"``), where
+``-v0`` uses a disc of radius 0.01 (rl/envs/navigation.py). For the locomotion tasks it is
+``convention="rllab"`` (details in rl/envs/locomotion.py): one physics step per action (0.01 s for the
+half-cheetah, whose gymnasium v5 takes five; 0.02 s for the ant, five of 0.01 s in v5), rllab's observations
+(with the torso subtree's centre of mass), that centre of mass's velocity as the forward velocity, Gaussian
+reset noise, and for the ant rllab's initial pose and reward constants. The ``-v0`` ids keep gymnasium's v5
+conventions (``convention="gymnasium"``).
 
 Each has an oracle variant (``...Oracle-v1``, e.g. ``maml_tf/AntVelOracle-v1``) whose observation
 ends with the task parameter. Usage::
