@@ -80,8 +80,7 @@ def define_flags(preset: Preset) -> None:
                       "all rollouts).")
     flags.DEFINE_float("hvp_subsample", 0.2, "Fraction of each task's post-update rollouts used for the KL's "
                        "Fisher matrix in the curvature, but at least 4 of them (or all); the inner step's Jacobian "
-                       "always uses "
-                       "all pre-update rollouts.")
+                       "always uses all pre-update rollouts.")
     flags.DEFINE_enum("baseline", "per_task", BASELINES,
                       "per_task: the linear baseline is fitted to each task's own episodes (as the authors' final "
                       "code); previous_task: rllab's original predict-then-fit order (each task's values from the "
