@@ -7,11 +7,14 @@ the oracle; the command line of :mod:`rl.evaluation`, whose docstring gives the 
     python rl/evaluate.py --task=navigation --figure_only    # redraws the figure from metrics.json
 
 Writes <logdir>/metrics.json (means and standard errors, each test task's parameters and returns) and
-<logdir>/figure_returns.png, the paper's numbers beside ours.
+<logdir>/figure_returns.png, the paper's numbers beside ours. With --methods, the other methods' results of an
+existing metrics.json stay in it if they were measured with the same protocol on the same test tasks
+(rl.evaluation.keep_previous; --nokeep_previous writes this evaluation's methods alone).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -54,6 +57,10 @@ flags.DEFINE_enum("random_activation", None, ACTIVATIONS, "Hidden activation of 
 flags.DEFINE_integer("num_workers", None, "Sampler processes (default: one per CPU core).")
 flags.DEFINE_bool("figure_only", False, "Only redraw <logdir>/figure_returns.png from the existing "
                   "<logdir>/metrics.json; evaluates nothing and leaves metrics.json as it is.")
+flags.DEFINE_bool("keep_previous", True, "With --methods: keep the other methods' results of an existing "
+                  "<logdir>/metrics.json measured with the same protocol on the same test tasks (metrics.json then "
+                  "names the command behind each under carried_over); --nokeep_previous: write this evaluation's "
+                  "methods alone.")
 flags.DEFINE_bool("deterministic", True, "Run TensorFlow's ops one at a time, as rl/train.py does, so that an "
                   "evaluation repeats its numbers exactly (--nodeterministic: concurrently).")
 flags.mark_flag_as_required("task")
@@ -82,6 +89,21 @@ def main(argv):
         batch_by=FLAGS.batch_by, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed, test_tasks=FLAGS.test_tasks,
         num_workers=FLAGS.num_workers, random_activation=FLAGS.random_activation,
         command=" ".join(["python", "rl/evaluate.py"] + sys.argv[1:]))
+    previous_path = os.path.join(logdir, "metrics.json")
+    if FLAGS["methods"].present and FLAGS.keep_previous and os.path.isfile(previous_path):
+        try:
+            with open(previous_path) as f:
+                previous = json.load(f)
+        except ValueError:
+            raise ValueError(f"{previous_path} is not valid JSON; move it away, or pass --nokeep_previous to replace "
+                             f"it.") from None
+        metrics, kept, why = evaluation.keep_previous(metrics, previous)
+        if kept:
+            print(f"kept {', '.join(kept)} from the previous {previous_path} (same protocol and test tasks)")
+        elif why:
+            dropped = [m for m in previous.get("results", {}) if m not in metrics["results"]]
+            print(f"replacing {previous_path}, whose {', '.join(dropped)} were measured with another protocol "
+                  f"({why}): they are not kept")
     path, figure = evaluation.write(metrics, logdir)
     print(f"wrote {path} and {figure}")
     return 0

@@ -325,8 +325,6 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
     if not results:
         raise FileNotFoundError(f"Nothing to evaluate in {logdir}: train a method first.")
     eval_s = time.time() - t0
-    main_run = training.get("maml") or next(iter(training.values()), {})  # the MAML run, else the first trained
-    train_s = main_run.get("trained_wall_time_s") or 0.0
     batch_text = (f"at least {rollouts} x {horizon} environment steps per task per step, in whole episodes"
                   if batch_by == "steps" else f"{rollouts} rollouts per task per step")
     return {
@@ -341,11 +339,7 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
                                 if k in maml_run}},
         "seed": seed,
         "tasks": np.asarray(tasks).tolist(),  # the test tasks' parameters (goal velocity, direction, goal)
-        # meta-iterations of that run (per method in "training"), and as for the supervised experiments its
-        # training time plus this evaluation's
-        "iterations": main_run.get("trained_iterations") or 0,
-        "wall_time_s": round(train_s + eval_s, 1), "train_wall_time_s": round(train_s, 1),
-        "eval_wall_time_s": round(eval_s, 1),
+        **_times(training, eval_s),
         "training": training,
         "machine": machine_info(),
         "command": command,
@@ -359,6 +353,68 @@ def evaluate(task: str, logdir: str, methods: Sequence[str] | None = None, *, nu
         "skipped": skipped,
         "paper": paper.RL[task],
     }
+
+
+def _times(training: dict, eval_s: float) -> dict:
+    """The metrics' "iterations" (those of the MAML run, else of the first trained method; per method in
+    "training") and, as for the supervised experiments, that run's training time plus the evaluation's."""
+    main_run = training.get("maml") or next(iter(training.values()), {})
+    train_s = main_run.get("trained_wall_time_s") or 0.0
+    return {"iterations": main_run.get("trained_iterations") or 0, "wall_time_s": round(train_s + eval_s, 1),
+            "train_wall_time_s": round(train_s, 1), "eval_wall_time_s": round(eval_s, 1)}
+
+
+# What two evaluations of one folder must share for their methods' results to stand in one metrics.json
+# (with the seed and the test tasks themselves); evaluations made before a key existed count as its default.
+SHARED_PROTOCOL = {"task": None, "env_id": None, "num_tasks": None, "steps": None, "rollouts_per_task": None,
+                   "batch_by": "episodes", "horizon": None, "checkpoint": "best", "test_tasks": "seeded",
+                   "random_activation": None}
+
+
+def protocol_difference(previous: dict, metrics: dict) -> str | None:
+    """None if the two metrics were measured with the same protocol on the same test tasks, else what differs
+    (one phrase)."""
+    old, new = previous.get("config", {}), metrics["config"]
+    for key, default in SHARED_PROTOCOL.items():
+        if old.get(key, default) != new.get(key, default):
+            return f"{key} {old.get(key, default)!r} against {new.get(key, default)!r}"
+    if previous.get("seed") != metrics["seed"]:
+        return f"seed {previous.get('seed')!r} against {metrics['seed']!r}"
+    old_tasks, new_tasks = np.asarray(previous.get("tasks", [])), np.asarray(metrics["tasks"])
+    if old_tasks.shape != new_tasks.shape or not np.allclose(old_tasks, new_tasks):
+        return "other test tasks"
+    return None
+
+
+def keep_previous(metrics: dict, previous: dict) -> tuple:
+    """``metrics`` completed with the methods of ``previous`` (an earlier metrics.json of the same folder) that
+    it did not evaluate, if both were measured with the same protocol (:func:`protocol_difference`): their
+    results, step sizes, environment ids and training records are taken over, and "carried_over" names the
+    command that measured each. Returns (metrics, the methods kept, why the others were not kept or None)."""
+    others = [m for m in ALL_METHODS if m in previous.get("results", {}) and m not in metrics["results"]]
+    if not others:
+        return metrics, [], None
+    why = protocol_difference(previous, metrics)
+    if why:
+        return metrics, [], why
+    old_config = previous["config"]
+    merged = json.loads(json.dumps(metrics))  # a deep copy
+    config, training = merged["config"], merged["training"]
+    carried = merged.setdefault("carried_over", {})
+    for m in others:
+        merged["results"][m] = previous["results"][m]
+        for key in ("test_lrs", "env_ids"):
+            if m in old_config.get(key, {}):
+                config[key][m] = old_config[key][m]
+        if m in previous.get("training", {}):
+            training[m] = previous["training"][m]
+        carried[m] = previous.get("carried_over", {}).get(m) or previous.get("command")
+    if "maml" in others:
+        config["maml_run"] = old_config.get("maml_run", {})
+    merged["results"] = {m: merged["results"][m] for m in ALL_METHODS if m in merged["results"]}
+    config["methods"] = list(merged["results"])
+    merged.update(_times(training, metrics["eval_wall_time_s"]))
+    return merged, others, None
 
 
 def write(metrics: dict, logdir: str) -> tuple:

@@ -90,6 +90,28 @@ def test_train_resume_and_evaluate_navigation(tmp_path):
     with pytest.raises(ValueError, match="Unknown task"):
         evaluation.evaluate("walker", str(tmp_path))
 
+    # one method evaluated again with the same protocol: metrics.json keeps the other's result of the first
+    # evaluation and names the command that measured it
+    ev = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=random", "--num_tasks=3",
+             "--rollouts_per_task=2", "--num_workers=0")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert f"kept maml from the previous {tmp_path / 'metrics.json'}" in ev.stdout
+    kept = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(kept["results"]) == ["maml", "random"] and kept["carried_over"] == {"maml": m["command"]}
+    assert kept["results"]["maml"] == m["results"]["maml"]
+    assert np.allclose(kept["results"]["random"]["returns"], m["results"]["random"]["returns"], rtol=1e-4, atol=1e-3)
+    # another protocol (no steps): the file is replaced, and the output says so
+    ev = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=random", "--num_tasks=3",
+             "--rollouts_per_task=2", "--steps=0", "--num_workers=0")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "whose maml were measured with another protocol (steps 3 against 0): they are not kept" in ev.stdout
+    assert list(json.loads((tmp_path / "metrics.json").read_text())["results"]) == ["random"]
+    # --nokeep_previous: this evaluation's methods alone, though the protocol is the same
+    ev = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=maml", "--num_tasks=3",
+             "--rollouts_per_task=2", "--steps=0", "--nokeep_previous", "--num_workers=0")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert list(json.loads((tmp_path / "metrics.json").read_text())["results"]) == ["maml"]
+
 
 @pytest.mark.parametrize("script", ["rl/evaluate.py", "rl/train_navigation.py", "rl/train_halfcheetah_vel.py",
                                     "rl/train_halfcheetah_dir.py", "rl/train_ant_vel.py", "rl/train_ant_dir.py"])
