@@ -83,20 +83,21 @@ def main(argv):
     if FLAGS.figure_only:
         print(f"wrote {evaluation.redraw(logdir)}")
         return 0
+    previous, previous_path = None, os.path.join(logdir, "metrics.json")
+    if FLAGS["methods"].present and FLAGS.keep_previous and os.path.isfile(previous_path):
+        try:  # read before evaluating, so that a corrupt file costs no evaluation
+            with open(previous_path) as f:
+                previous = json.load(f)
+        except ValueError:
+            raise ValueError(f"{previous_path} is not valid JSON; move it away, or pass --nokeep_previous to replace "
+                             f"it.") from None
     metrics = evaluation.evaluate(
         FLAGS.task, logdir, FLAGS.methods if FLAGS["methods"].present else None, num_tasks=FLAGS.num_tasks,
         steps=FLAGS.steps, rollouts_per_task=FLAGS.rollouts_per_task, test_lr=FLAGS.test_lr,
         batch_by=FLAGS.batch_by, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed, test_tasks=FLAGS.test_tasks,
         num_workers=FLAGS.num_workers, random_activation=FLAGS.random_activation,
         command=" ".join(["python", "rl/evaluate.py"] + sys.argv[1:]))
-    previous_path = os.path.join(logdir, "metrics.json")
-    if FLAGS["methods"].present and FLAGS.keep_previous and os.path.isfile(previous_path):
-        try:
-            with open(previous_path) as f:
-                previous = json.load(f)
-        except ValueError:
-            raise ValueError(f"{previous_path} is not valid JSON; move it away, or pass --nokeep_previous to replace "
-                             f"it.") from None
+    if previous is not None:
         metrics, kept, why = evaluation.keep_previous(metrics, previous)
         if kept:
             print(f"kept {', '.join(kept)} from the previous {previous_path} (same protocol and test tasks)")

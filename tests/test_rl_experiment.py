@@ -311,6 +311,16 @@ def test_evaluating_a_missing_run_is_one_sentence(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_corrupt_metrics_json_to_keep_from_is_one_sentence_before_any_evaluation(tmp_path):
+    (tmp_path / "metrics.json").write_text("{oops")
+    r = run("rl/evaluate.py", "--task=navigation", f"--logdir={tmp_path}", "--methods=random", "--num_tasks=2",
+            "--rollouts_per_task=1", "--steps=0", "--num_workers=0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "random " not in r.stdout
+    assert last_line(r.stderr) == (f"error: {tmp_path / 'metrics.json'} is not valid JSON; move it away, or pass "
+                                   f"--nokeep_previous to replace it.")
+    assert (tmp_path / "metrics.json").read_text() == "{oops"
+
+
 def test_bad_run_folders_and_flags_are_one_sentence(tmp_path):
     trained = run("rl/train_navigation.py", *TINY, "--iterations=2", "--horizon=10", f"--logdir={tmp_path / 'maml'}")
     assert trained.returncode == 0, trained.stderr[-2000:]
