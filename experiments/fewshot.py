@@ -34,8 +34,8 @@ except ModuleNotFoundError:  # imported from the project root as experiments.few
 from maml_tf import batched, evaluation, maml
 from maml_tf.cli import check_logdir, machine_info, read_json, without_memory_optimizer
 from maml_tf.functional import batch_norm_weights, get_weights
-from maml_tf.training import (CheckpointError, check_config, check_iterations, has_checkpoint, latest_iteration,
-                               make_checkpoint, make_train_step, restore, train)
+from maml_tf.training import (CheckpointError, check_config, check_iterations, exclusive_logdir, has_checkpoint,
+                               latest_iteration, make_checkpoint, make_train_step, restore, train)
 
 # Settings that change the trained model: a log directory refuses to resume with others.
 MODEL_KEYS = ("dataset", "model", "num_ways", "num_shots", "num_query", "meta_batch_size", "inner_lr",
@@ -388,11 +388,20 @@ def run(cfg: Config, build_model: Callable[[], keras.Model], samplers: Dict[str,
     keras.utils.set_random_seed(cfg.seed)
     model = build_model()
     curve = make_curve(model, *task_losses(model, cfg), cfg)
-    train_result = None
-    if not eval_only:
+    if eval_only:  # reads the folder and writes nothing: needs no lock
+        return _evaluate_and_write(cfg, model, curve, None, samplers, logdir, paper, split, command, eval_only)
+    with exclusive_logdir(logdir):  # a second run on this folder stops here, before touching its files
         check_iterations(logdir, cfg.iterations)
         check_config(logdir, cfg.to_json(), MODEL_KEYS, RECORDED_BEFORE)
         train_result = meta_train(model, cfg, logdir, samplers["train"], samplers["val"], curve, verbose=verbose)
+        return _evaluate_and_write(cfg, model, curve, train_result, samplers, logdir, paper, split, command,
+                                   eval_only)
+
+
+def _evaluate_and_write(cfg: Config, model: keras.Model, curve, train_result, samplers: Dict[str, Callable],
+                        logdir: str, paper: Optional[dict], split: dict, command: str, eval_only: bool) -> dict:
+    """The evaluation half of :func:`run`: the best checkpoint on the test and validation tasks, then
+    metrics.json and the learning curve (``eval_only``: compared with the stored metrics.json, nothing written)."""
     t_eval = time.time()
     restored = load_for_evaluation(model, logdir)
     test = evaluate(curve, samplers["test"], cfg.eval_tasks, cfg.eval_batch_size, cfg.eval_seed)

@@ -34,8 +34,8 @@ from data.sinusoid import SinusoidTasks, sine, with_task_inputs  # noqa: E402
 from maml_tf import evaluation, maml, models, paper  # noqa: E402
 from maml_tf.cli import check_logdir, finite_positive, machine_info, one_sentence_errors, read_json  # noqa: E402
 from maml_tf.functional import get_weights, make_forward  # noqa: E402
-from maml_tf.training import (check_config, check_iterations, has_checkpoint, make_checkpoint,  # noqa: E402
-                               make_train_step, restore, train)
+from maml_tf.training import (check_config, check_iterations, exclusive_logdir, has_checkpoint,  # noqa: E402
+                               make_checkpoint, make_train_step, restore, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("iterations", 70000, "Meta-training iterations (each method gets this many).")
@@ -296,8 +296,15 @@ def adopt_recorded_settings(logdir: str) -> None:
 
 @one_sentence_errors
 def main(argv):
-    logdir = FLAGS.logdir
-    check_logdir(logdir)
+    check_logdir(FLAGS.logdir)
+    if FLAGS.eval_only:  # reads the folder and writes nothing: needs no lock
+        return run(FLAGS.logdir)
+    with exclusive_logdir(FLAGS.logdir):  # a second run on this folder stops here, before touching its files
+        return run(FLAGS.logdir)
+
+
+def run(logdir: str) -> int:
+    """Train (unless --eval_only) and evaluate every method of --methods in ``logdir``."""
     adopt_recorded_settings(logdir)
     if not FLAGS.eval_only:
         for method in FLAGS.methods:  # before training any: a short test run must not skip into an old one

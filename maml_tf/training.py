@@ -11,10 +11,12 @@ Layout of a log directory::
     <logdir>/ckpt/           latest checkpoints (model, optimizer, iteration, wall time)
     <logdir>/best/           the checkpoint with the best validation score, if validating
     <logdir>/tb/             TensorBoard scalars
+    <logdir>/.run.lock       present while a run writes to the folder (:func:`exclusive_logdir`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +35,58 @@ from maml_tf.functional import Weights, get_weights
 
 class CheckpointError(ValueError):
     """A log directory holds a checkpoint that does not fit the current model or settings."""
+
+
+class LogdirInUseError(ValueError):
+    """Another process is writing to the log directory (see :func:`exclusive_logdir`)."""
+
+
+LOCK_NAME = ".run.lock"
+
+
+@contextlib.contextmanager
+def exclusive_logdir(logdir: str):
+    """Hold ``<logdir>/.run.lock`` for the block, so that a second run started on the same folder (a command
+    launched twice, or a resume while the first session is still saving after Ctrl-C) stops with
+    :class:`LogdirInUseError` before it touches the folder's files, instead of both writing checkpoints and logs.
+
+    The lock is an advisory ``flock``, which the operating system drops when the holding process ends, however
+    it ends: a run killed outright leaves no lock behind, only the file, which the next run reuses. The file
+    holds the holder's process id, for the message, and is removed when the block ends. Where ``fcntl`` is
+    missing (Windows), runs are not guarded. Creates ``logdir`` if needed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    os.makedirs(logdir, exist_ok=True)
+    path = os.path.join(logdir, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another open file: another run
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise LogdirInUseError(
+                f"another run{f' (process {holder})' if holder.isdigit() else ''} is writing to {logdir}; wait for "
+                f"it to end or stop it, or give another --logdir.") from None
+        try:
+            ours = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            ours = False
+        if ours:
+            break
+        os.close(fd)  # its holder removed the file between our open and our lock: take the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,

@@ -14,6 +14,7 @@ existing metrics.json stay in it if they were measured with the same protocol on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -83,6 +84,17 @@ def main(argv):
     if FLAGS.figure_only:
         print(f"wrote {evaluation.redraw(logdir)}")
         return 0
+    from maml_tf.training import exclusive_logdir
+
+    # two evaluations writing to one folder at once would each drop the other's methods from metrics.json
+    with exclusive_logdir(logdir) if os.path.isdir(logdir) else contextlib.nullcontext():
+        return evaluate_into(logdir)
+
+
+def evaluate_into(logdir: str) -> int:
+    """Evaluate --methods of the runs in ``logdir`` and write its metrics.json and figure."""
+    from rl import evaluation
+
     previous, previous_path = None, os.path.join(logdir, "metrics.json")
     if FLAGS["methods"].present and FLAGS.keep_previous and os.path.isfile(previous_path):
         try:  # read before evaluating, so that a corrupt file costs no evaluation

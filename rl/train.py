@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 
 from maml_tf.cli import (WORKERS_MESSAGE, check_logdir, finite_non_negative, finite_positive,  # noqa: E402
                          one_op_at_a_time, one_sentence_errors, workers_ok)
-from maml_tf.training import (Interrupted, TrainResult, check_config, check_iterations, has_checkpoint,  # noqa: E402
-                              train)
+from maml_tf.training import (Interrupted, TrainResult, check_config, check_iterations, exclusive_logdir,  # noqa: E402
+                              has_checkpoint, train)
 from rl import maml_trpo, policies  # noqa: E402
 from rl.presets import (BASELINES, BATCH_BY, CURVATURES, METHODS, PRESETS, RL_LAYOUTS, Preset,  # noqa: E402
                         current_settings, recorded_config)
@@ -255,6 +255,12 @@ def train_task(task: str) -> dict:
     if FLAGS["hvp_subsample"].present and s["curvature"] != "gauss_newton":
         raise ValueError(f"--hvp_subsample applies to --curvature=gauss_newton only; --curvature={s['curvature']} "
                          f"uses every rollout.")
+    with exclusive_logdir(logdir):  # a second run on this folder stops here, before touching its files
+        return _train_in(task, s, logdir)
+
+
+def _train_in(task: str, s: dict, logdir: str) -> dict:
+    """:func:`train_task` once its flags are checked, holding ``logdir``."""
     # a config.json beside no checkpoint is that of a start that failed: it binds nothing
     recorded = recorded_config(logdir) if has_checkpoint(logdir) else {}
     # without --iterations: the run's own
