@@ -59,6 +59,14 @@ gradient needs are computed with nested gradient tapes, in one of two ways that 
     1 / |theta|, not the class's 1e-8 / |theta|: the secant spans a segment of length |v| / |theta|
     along each CG vector v, so it is not the Hessian at theta_0 where the KL is far from quadratic.
 
+Which KL. The trust region above bounds the post-update policies (``kl_constraint="post"``), as the
+paper's meta-objective and the authors' code (``kl_constrain_step=-1``, their default) do. Nothing then
+holds the pre-update policy pi_theta itself: a step can move it far while J_i maps the move to a small
+change of the adapted policies. ``"pre"`` bounds instead the mean KL of pi_theta on the pre-update
+rollouts (the authors' ``kl_constrain_step=0``; the curvature is then that KL's Hessian, plain TRPO's);
+``"both"`` keeps the post-update curvature and step and makes the line search also require the
+pre-update KL <= delta. The pre-update KL of every accepted step is logged (``pre_kl``) whichever is chosen.
+
 Baselines of the paper use the same learner with ``inner_steps=0``: then theta'_i = theta, only one
 batch of rollouts is sampled per iteration, and this is plain TRPO on the tasks of the batch
 ("pretrained" = TRPO on all tasks jointly; "oracle" = TRPO on an environment that observes the task).
@@ -89,7 +97,8 @@ from maml_tf.functional import Weights, get_weights
 from rl import baselines, policies, trpo
 from rl.sampler import Episodes, Sampler
 
-from rl.presets import BASELINES, BATCH_BY, CURVATURES, RL_LAYOUTS  # noqa: F401 (Config's option values)
+from rl.presets import (BASELINES, BATCH_BY, CURVATURES, KL_CONSTRAINTS,  # noqa: F401 (Config's option values)
+                        RL_LAYOUTS)
 
 
 class PolicyData(NamedTuple):
@@ -136,6 +145,8 @@ class Config:
     batch_by: str = "steps"         # "steps": >= rollouts x horizon steps per task, episodes that end early
                                     # are followed by new ones (the authors' samplers); "episodes": exactly
                                     # rollouts_per_task episodes per task
+    kl_constraint: str = "post"     # which policies the trust region bounds (module docstring, "Which KL"):
+                                    # "post" (the paper's, the authors' default), "pre" or "both"
 
     def __post_init__(self):
         if self.inner_steps not in (0, 1):
@@ -155,6 +166,8 @@ class Config:
             raise ValueError("rollouts_per_task and max_kl must be positive and inner_lr non-negative.")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
+        if self.kl_constraint not in KL_CONSTRAINTS:
+            raise ValueError(f"kl_constraint must be one of {KL_CONSTRAINTS}, got {self.kl_constraint!r}.")
         if self.batch_by not in BATCH_BY:
             raise ValueError(f"batch_by must be one of {BATCH_BY}, got {self.batch_by!r}.")
         if self.layout not in RL_LAYOUTS:  # ("batched" folds conv nets into grouped convolutions: not for policies)
@@ -170,7 +183,8 @@ class Config:
             cg_damping=s["cg_damping"], discount=s["discount"], gae_lambda=s["gae_lambda"],
             normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
             hvp_subsample=s["hvp_subsample"], layout=s["layout"], jit_compile=s.get("jit_compile", False),
-            baseline=s.get("baseline", "per_task"), batch_by=s.get("batch_by", "episodes"))
+            baseline=s.get("baseline", "per_task"), batch_by=s.get("batch_by", "episodes"),
+            kl_constraint=s.get("kl_constraint", "post"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,6 +416,8 @@ class MetaObjective:
         self.hvp = StepsRelaxed(tf.function(hvp, reduce_retracing=True, jit_compile=c.jit_compile))
         self.adapted = StepsRelaxed(tf.function(self._adapted_values, reduce_retracing=True))
         self.old_policy = StepsRelaxed(tf.function(self._old_policy, reduce_retracing=True))
+        self.pre_kl = StepsRelaxed(tf.function(self._pre_kl, reduce_retracing=True))
+        self.pre_hvp = StepsRelaxed(tf.function(self._pre_kl_hvp, reduce_retracing=True))
 
     # -- pieces ----------------------------------------------------------------------------------
     def _adapt_all(self, weights: Weights, pre: PolicyData, first_order: bool) -> Weights:
@@ -441,6 +457,18 @@ class MetaObjective:
     def _loss_and_kl(self, weights: Weights, pre, post, old):
         surrogate, kl = self._terms(weights, pre, post, old, first_order=True)  # values only
         return -surrogate, kl
+
+    def _pre_kl(self, weights: Weights, pre: PolicyData, old_pre: OldPolicy):
+        """Mean over tasks of the KL from the pre-update policy that sampled ``pre`` (``old_pre``) to
+        pi_weights, on the pre-update rollouts (no inner step)."""
+        kls = maml.per_task(lambda d: surrogate_and_kl(self.model, weights, d[0], d[1])[1], (pre, old_pre),
+                            self.config.layout)
+        return tf.reduce_mean(kls)
+
+    def _pre_kl_hvp(self, weights: Weights, vector: Weights, pre: PolicyData, old_pre: OldPolicy):
+        """H v of the pre-update KL (``kl_constraint="pre"``): plain TRPO's curvature."""
+        return trpo.hessian_vector_product(lambda w: self._pre_kl(w, pre, old_pre), weights, vector,
+                                           mode=self.hvp_mode)
 
     def _exact_hvp(self, weights: Weights, vector: Weights, pre, post, old, fast):
         """H v of the meta-KL by nested tapes through the inner update (all data)."""
@@ -569,13 +597,26 @@ class MAMLTRPO:
                 return out
             return wrapped
 
+        # the pre-update policy that sampled ``pre``, on its steps (for the logged pre_kl and kl_constraint)
+        old_pre = obj.old_policy(policies.stack_weights(weights, len(tasks)), pre)
+        kl_hvp = lambda v: obj.hvp(weights, v, pre_c, post_c, old_c, fast)  # noqa: E731
+        loss_and_kl = lambda w: obj.loss_and_kl(w, pre, post, old)  # noqa: E731
+        if c.inner_steps and c.kl_constraint == "pre":
+            kl_hvp = lambda v: obj.pre_hvp(weights, v, pre, old_pre)  # noqa: E731
+            loss_and_kl = lambda w: (obj.loss_and_kl(w, pre, post, old)[0], obj.pre_kl(w, pre, old_pre))  # noqa: E731
+        elif c.inner_steps and c.kl_constraint == "both":
+            def loss_and_kl(w):
+                loss, kl = obj.loss_and_kl(w, pre, post, old)
+                return loss, tf.maximum(kl, obj.pre_kl(w, pre, old_pre))
+
         new_weights, info = trpo.trpo_update(
             weights,
             loss_and_gradient=timed("gradient_s", lambda w: obj.loss_and_gradient(w, pre, post, old)),
-            kl_hvp=timed("hvp_s", lambda v: obj.hvp(weights, v, pre_c, post_c, old_c, fast)),
-            loss_and_kl=timed("line_search_s", lambda w: obj.loss_and_kl(w, pre, post, old)),
+            kl_hvp=timed("hvp_s", kl_hvp),
+            loss_and_kl=timed("line_search_s", loss_and_kl),
             max_kl=c.max_kl, cg_iterations=c.cg_iterations, damping=c.cg_damping,
             backtrack_ratio=c.backtrack_ratio, max_backtracks=c.max_backtracks)
+        pre_kl = float(obj.pre_kl(new_weights, pre, old_pre)) if info["accepted"] else 0.0
         if info["accepted"]:
             for v in self.model.trainable_variables:
                 v.assign(new_weights[v.path])
@@ -584,7 +625,8 @@ class MAMLTRPO:
         log_std = [v for v in self.model.trainable_variables if v.path.endswith("log_std")]
         metrics.update({
             "surrogate_before": -info["loss_before"], "surrogate_after": -info["loss_after"],
-            "kl": info["kl"], "step_fraction": info["step_fraction"], "backtracks": float(info["backtracks"]),
+            "kl": info["kl"], "pre_kl": pre_kl, "step_fraction": info["step_fraction"],
+            "backtracks": float(info["backtracks"]),
             "std": float(np.mean(np.exp(log_std[0].numpy()))) if log_std else float("nan"),
             "env_steps": float(pre_eps.num_steps + (post_eps.num_steps if c.inner_steps else 0)),
             **times, "iteration_s": sum(times.values()), **{f"trpo_{k}": v for k, v in parts.items()},

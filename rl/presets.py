@@ -15,6 +15,9 @@ from maml_tf.cli import read_json
 # option values of the meta-learner (rl.maml_trpo.Config; rl.maml_trpo re-exports them)
 CURVATURES = ("gauss_newton", "exact", "finite_difference")
 BATCH_BY = ("steps", "episodes")
+# Which policies the TRPO trust region bounds (rl.maml_trpo.Config.kl_constraint): the post-update ones (the
+# authors' kl_constrain_step=-1, their default), the pre-update one (their kl_constrain_step=0), or both.
+KL_CONSTRAINTS = ("post", "pre", "both")
 ACTIVATIONS = ("relu", "tanh")  # hidden activations of the policy (rl.policies.gaussian_mlp_policy)
 BASELINES = ("per_task", "previous_task")
 RL_LAYOUTS = ("vectorized", "loop")  # maml_tf.maml.LAYOUTS but "batched", which folds conv nets only

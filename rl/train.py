@@ -52,8 +52,8 @@ from maml_tf.cli import (WORKERS_MESSAGE, check_logdir, finite_non_negative, fin
 from maml_tf.training import (Interrupted, TrainResult, check_config, check_iterations, exclusive_logdir,  # noqa: E402
                               has_checkpoint, train)
 from rl import maml_trpo, policies  # noqa: E402
-from rl.presets import (BASELINES, BATCH_BY, CURVATURES, METHODS, PRESETS, RL_LAYOUTS, Preset,  # noqa: E402
-                        current_settings, recorded_config)
+from rl.presets import (BASELINES, BATCH_BY, CURVATURES, KL_CONSTRAINTS, METHODS, PRESETS,  # noqa: E402
+                        RL_LAYOUTS, Preset, current_settings, recorded_config)
 from rl.sampler import Sampler  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,14 @@ def define_flags(preset: Preset) -> None:
     flags.DEFINE_integer("horizon", preset.horizon, "Episode length.")
     flags.DEFINE_float("inner_lr", preset.inner_lr, "Inner policy-gradient step size (navigation: see rl/presets.py).")
     flags.DEFINE_bool("first_order", False, "First-order MAML: do not differentiate through the inner gradient.")
-    flags.DEFINE_float("max_kl", 0.01, "TRPO trust region: mean KL of the post-update policies.")
+    flags.DEFINE_float("max_kl", 0.01, "TRPO trust region: bound on the mean KL of the policies --kl_constraint "
+                       "names.")
+    flags.DEFINE_enum("kl_constraint", "post", KL_CONSTRAINTS,
+                      "Which policies the trust region bounds: post, the post-update policies (the paper's "
+                      "meta-objective and the authors' default, kl_constrain_step=-1); pre, the pre-update policy on "
+                      "its rollouts (the authors' kl_constrain_step=0; TRPO's curvature of that KL); both, the "
+                      "post-update step whose line search also requires the pre-update KL within --max_kl. "
+                      "Not the paper's setting unless post; MAML only.")
     flags.DEFINE_integer("cg_iterations", 10, "Conjugate-gradient iterations.")
     flags.DEFINE_float("cg_damping", 1e-5, "Damping added to the KL Hessian in conjugate gradient.")
     flags.DEFINE_enum("curvature", "gauss_newton", CURVATURES,
@@ -129,12 +136,12 @@ PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
 # Settings of the meta-optimiser that a resumed run takes from its config.json unless the flag is given
 # again; a changed value is announced and recorded in config.json under "changes" (a new iteration
 # count simply replaces the recorded one).
-RESUMED_KEYS = ("iterations", "max_kl", "cg_iterations", "cg_damping", "curvature", "hvp_subsample", "layout",
-                "jit_compile", "deterministic")
+RESUMED_KEYS = ("iterations", "max_kl", "kl_constraint", "cg_iterations", "cg_damping", "curvature",
+                "hvp_subsample", "layout", "jit_compile", "deterministic")
 # What runs recorded before one of the RESUMED_KEYS existed did (runs before --jit_compile had no XLA, runs
 # before --deterministic ran ops concurrently): such a run resumes with it, like any recorded value, and a
 # flag asking otherwise is recorded as a change.
-RESUMED_PREDATING = {"jit_compile": False, "deterministic": False}
+RESUMED_PREDATING = {"jit_compile": False, "deterministic": False, "kl_constraint": "post"}
 # Settings of the model and its data (MODEL_KEYS set by flags) that a resumed run takes from its config.json
 # when the flag is not given: resuming needs only --logdir. A flag given with another value is refused.
 ADOPTED_KEYS = ("seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr", "first_order",
@@ -154,7 +161,8 @@ def settings(task: str) -> dict:
         "horizon": FLAGS.horizon,
         "inner_lr": FLAGS.inner_lr,
         "inner_steps": 1 if method == "maml" else 0,
-        "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "cg_iterations": FLAGS.cg_iterations,
+        "first_order": FLAGS.first_order, "max_kl": FLAGS.max_kl, "kl_constraint": FLAGS.kl_constraint,
+        "cg_iterations": FLAGS.cg_iterations,
         "cg_damping": FLAGS.cg_damping, "curvature": FLAGS.curvature, "hvp_subsample": FLAGS.hvp_subsample,
         "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout,
         "jit_compile": FLAGS.jit_compile, "baseline": FLAGS.baseline,
@@ -248,7 +256,7 @@ def train_task(task: str) -> dict:
     logdir = s["logdir"]
     check_logdir(logdir)
     if s["method"] != "maml":
-        for key in ("first_order", "inner_lr"):
+        for key in ("first_order", "inner_lr", "kl_constraint"):
             if FLAGS[key].present:
                 raise ValueError(f"--{key} applies to --method=maml only (the {s['method']} baseline has no inner "
                                  f"step).")

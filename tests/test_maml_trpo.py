@@ -161,6 +161,30 @@ def test_curvature_products_equal_the_hessian_of_the_kl_through_the_inner_step(f
         np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-6, atol=1e-8)
 
 
+def test_pre_update_kl_is_the_closed_form_gaussian_kl_and_its_curvature_the_hessian():
+    """kl_constraint="pre"/"both": the KL of the unadapted policy on the pre-update rollouts against the
+    closed form of the KL of two diagonal Gaussians (masked mean per task, mean over tasks), and its
+    Hessian-vector product against the explicit Hessian (central differences of one tape's gradient)."""
+    model, objective, w0, pre, _, _, _ = tiny_setup()
+    old_pre = objective.old_policy(policies.stack_weights(w0, 2), pre)
+    rng = np.random.default_rng(8)
+    point = {k: v + tf.constant(rng.normal(scale=0.2, size=v.shape), v.dtype) for k, v in w0.items()}
+    expected = []
+    for i in range(2):
+        m0, l0 = (np.broadcast_to(x.numpy(), (6, 2)) for x in policies.distribution(model, w0, pre.obs[i]))
+        m1, l1 = (np.broadcast_to(x.numpy(), (6, 2)) for x in policies.distribution(model, point, pre.obs[i]))
+        per_step = np.sum(l1 - l0 + (np.exp(2 * l0) + (m0 - m1) ** 2) / (2 * np.exp(2 * l1)) - 0.5, axis=-1)
+        mask = pre.mask.numpy()[i]
+        expected.append(np.sum(mask * per_step) / mask.sum())
+    kl = float(objective.pre_kl(point, pre, old_pre))
+    np.testing.assert_allclose(kl, np.mean(expected), rtol=1e-10)
+    assert kl > 1e-3 and abs(float(objective.pre_kl(w0, pre, old_pre))) < 1e-12
+    hessian, _ = explicit_hessian(lambda w: objective._pre_kl(w, pre, old_pre), w0)
+    v = rng.normal(size=hessian.shape[0])
+    hv = objective.pre_hvp(w0, trpo.unflatten(tf.constant(v), w0), pre, old_pre)
+    np.testing.assert_allclose(trpo.flatten(hv).numpy(), hessian @ v, rtol=1e-5, atol=1e-8)
+
+
 def test_finite_difference_curvature_is_the_authors_secant_and_tends_to_the_hessian():
     # The meta-KL (through the second-order inner step) and its explicit Hessian, as above.
     model, gn, w0, pre, post, old, fast = tiny_setup()
@@ -328,6 +352,32 @@ def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inn
     assert learner.score() == metrics["post_return" if inner_steps else "pre_return"]
 
 
+@pytest.mark.parametrize("kl_constraint", ["pre", "both"])
+def test_a_pre_update_trust_region_bounds_the_pre_update_policy(nav_sampler, kl_constraint):
+    """With kl_constraint pre or both, every accepted step keeps the KL of the unadapted policy on the
+    pre-update rollouts within max_kl (both: the post-update one too); a tight limit makes it bind."""
+    model = policies.gaussian_mlp_policy(2, 2, seed=0, name=f"navkl{kl_constraint}")
+    config = maml_trpo.Config(rollouts_per_task=4, inner_lr=0.5, hvp_subsample=0.5, min_curvature_rollouts=1,
+                              max_kl=0.002, kl_constraint=kl_constraint, layout=LAYOUT)
+    learner = maml_trpo.MAMLTRPO(model, nav_sampler, config)
+    tasks = nav_sampler.sample_tasks(2, np.random.default_rng(0))
+    accepted = 0
+    for i in range(3):
+        before = get_weights(model)
+        batch = maml_trpo.IterationBatch(tasks, seed=20 + i)
+        metrics = learner.step(batch)
+        # the pre-update KL recomputed from the rollouts the step used (same seed: the same episodes)
+        pre_eps = nav_sampler.sample(tasks, learner.policy_fn(before, np.random.default_rng([batch.seed, 0])),
+                                     config.rollouts_per_task, seed=batch.seed, restart=True)
+        pre = learner._data(pre_eps)
+        old_pre = learner.objective.old_policy(policies.stack_weights(before, len(tasks)), pre)
+        pre_kl = float(learner.objective.pre_kl(get_weights(model), pre, old_pre))
+        np.testing.assert_allclose(pre_kl, metrics["pre_kl"], rtol=1e-5, atol=1e-9)
+        assert pre_kl <= config.max_kl and metrics["kl"] <= config.max_kl
+        accepted += metrics["step_fraction"] > 0
+    assert accepted >= 1  # the check had steps to look at
+
+
 def test_adaptation_returns_shape_and_determinism(nav_sampler):
     model = policies.gaussian_mlp_policy(2, 2, seed=1, name="nav_eval")
     tasks = nav_sampler.sample_tasks(3, np.random.default_rng(1))
@@ -356,6 +406,11 @@ def test_policy_fn_acts_mean_plus_std_times_the_rngs_noise(per_task):
             mean, log_std = policies.distribution(model, wm, tf.constant(obs[m]))
             expected.append((mean + tf.exp(log_std) * noise[m]).numpy())
         np.testing.assert_allclose(act(obs), np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_config_refuses_an_unknown_kl_constraint():
+    with pytest.raises(ValueError, match="kl_constraint must be one of"):
+        maml_trpo.Config(kl_constraint="pre_and_post")
 
 
 def test_config_refuses_the_batched_layout():

@@ -156,6 +156,21 @@ def test_a_run_from_before_an_option_resumes_as_it_ran(tmp_path, key, flag, refu
     assert json.loads((logdir / "training.json").read_text())["settings"][key] == then
 
 
+def test_kl_constraint_is_kept_on_resume_and_runs_from_before_it_bound_the_post_update_policies(tmp_path):
+    logdir = tmp_path / "maml"
+    made = run("rl/train_navigation.py", *TINY, "--iterations=1", "--kl_constraint=both", f"--logdir={logdir}")
+    assert made.returncode == 0, made.stderr[-2000:]
+    resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["kl_constraint"] == "both"
+    config = json.loads((logdir / "config.json").read_text())
+    del config["kl_constraint"]  # as written before the option existed
+    (logdir / "config.json").write_text(json.dumps(config))
+    old = run("rl/train_navigation.py", *TINY, "--iterations=3", f"--logdir={logdir}")
+    assert old.returncode == 0, old.stderr[-2000:]
+    assert json.loads((logdir / "training.json").read_text())["settings"]["kl_constraint"] == "post"
+
+
 def test_stratified_tasks_is_part_of_a_run(tmp_path):
     logdir = tmp_path / "maml"
     made = run("rl/train_navigation.py", *TINY, "--iterations=1", "--stratified_tasks", f"--logdir={logdir}")
@@ -335,6 +350,8 @@ def test_bad_run_folders_and_flags_are_one_sentence(tmp_path):
          f"error: {tmp_path / 'maml'} is a 'navigation' run, not 'halfcheetah_vel';"),
         ("rl/train_navigation.py", [*TINY, "--method=pretrained", "--first_order", f"--logdir={tmp_path / 'p'}"],
          "error: --first_order applies to --method=maml only"),
+        ("rl/train_navigation.py", [*TINY, "--method=oracle", "--kl_constraint=both", f"--logdir={tmp_path / 'o'}"],
+         "error: --kl_constraint applies to --method=maml only"),
         ("rl/train_navigation.py", [*TINY, "--curvature=exact", "--hvp_subsample=0.5", f"--logdir={tmp_path / 'e'}"],
          "error: --hvp_subsample applies to --curvature=gauss_newton only"),
     ]
