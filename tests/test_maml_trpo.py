@@ -355,7 +355,8 @@ def test_meta_iterations_on_navigation_respect_the_trust_region(nav_sampler, inn
 @pytest.mark.parametrize("kl_constraint", ["pre", "both"])
 def test_a_pre_update_trust_region_bounds_the_pre_update_policy(nav_sampler, kl_constraint):
     """With kl_constraint pre or both, every accepted step keeps the KL of the unadapted policy on the
-    pre-update rollouts within max_kl (both: the post-update one too); a tight limit makes it bind."""
+    pre-update rollouts within max_kl (both: the post-update one too), and the logged pre_kl is that KL
+    recomputed from the same rollouts."""
     model = policies.gaussian_mlp_policy(2, 2, seed=0, name=f"navkl{kl_constraint}")
     config = maml_trpo.Config(rollouts_per_task=4, inner_lr=0.5, hvp_subsample=0.5, min_curvature_rollouts=1,
                               max_kl=0.002, kl_constraint=kl_constraint, layout=LAYOUT)
