@@ -67,6 +67,17 @@ rollouts (the authors' ``kl_constrain_step=0``; the curvature is then that KL's 
 ``"both"`` keeps the post-update curvature and step and makes the line search also require the
 pre-update KL <= delta. The pre-update KL of every accepted step is logged (``pre_kl``) whichever is chosen.
 
+Which inner surrogate. The meta-gradient above, like the paper's and the authors' code, differentiates
+through the inner step with the pre-update rollouts D_i held fixed: it drops how their distribution
+depends on theta. In the Hessian of L_i that J_i carries, the REINFORCE loss gives
+- mean_t A_t hess log pi_t, while the Hessian of the expected loss (minus the return) also has the score-function term
+- mean_t A_t grad log pi_t grad log pi_t^T. ``inner_surrogate="lvc"`` keeps that term per step (ProMP's
+"low variance curvature" surrogate, ``lvc_loss``): the same inner step, another J_i in the meta-gradient (but
+not in the curvature: the KL that the line search checks is that of the sampled step, whose
+Jacobian is the REINFORCE one). It is not the paper's estimator; it serves to test whether that term
+matters on a task. Its meta-gradient is not the derivative of the sampled surrogate S (that is the
+point), so it is tested against the Hessian of an expected return in closed form, not finite differences.
+
 Baselines of the paper use the same learner with ``inner_steps=0``: then theta'_i = theta, only one
 batch of rollouts is sampled per iteration, and this is plain TRPO on the tasks of the batch
 ("pretrained" = TRPO on all tasks jointly; "oracle" = TRPO on an environment that observes the task).
@@ -97,8 +108,8 @@ from maml_tf.functional import Weights, get_weights
 from rl import baselines, policies, trpo
 from rl.sampler import Episodes, Sampler
 
-from rl.presets import (BASELINES, BATCH_BY, CURVATURES, KL_CONSTRAINTS,  # noqa: F401 (Config's option values)
-                        RL_LAYOUTS)
+from rl.presets import (BASELINES, BATCH_BY, CURVATURES, INNER_SURROGATES,  # noqa: F401 (Config's option values)
+                        KL_CONSTRAINTS, RL_LAYOUTS)
 
 
 class PolicyData(NamedTuple):
@@ -147,6 +158,8 @@ class Config:
                                     # rollouts_per_task episodes per task
     kl_constraint: str = "post"     # which policies the trust region bounds (module docstring, "Which KL"):
                                     # "post" (the paper's, the authors' default), "pre" or "both"
+    inner_surrogate: str = "reinforce"  # the inner step's surrogate (``inner_loss``): "reinforce" (the paper's)
+                                        # or "lvc" (a diagnostic: the same step, its score-function curvature kept)
 
     def __post_init__(self):
         if self.inner_steps not in (0, 1):
@@ -168,6 +181,8 @@ class Config:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
         if self.kl_constraint not in KL_CONSTRAINTS:
             raise ValueError(f"kl_constraint must be one of {KL_CONSTRAINTS}, got {self.kl_constraint!r}.")
+        if self.inner_surrogate not in INNER_SURROGATES:
+            raise ValueError(f"inner_surrogate must be one of {INNER_SURROGATES}, got {self.inner_surrogate!r}.")
         if self.batch_by not in BATCH_BY:
             raise ValueError(f"batch_by must be one of {BATCH_BY}, got {self.batch_by!r}.")
         if self.layout not in RL_LAYOUTS:  # ("batched" folds conv nets into grouped convolutions: not for policies)
@@ -184,7 +199,7 @@ class Config:
             normalize_advantages=s["normalize_advantages"], curvature=s["curvature"],
             hvp_subsample=s["hvp_subsample"], layout=s["layout"], jit_compile=s.get("jit_compile", False),
             baseline=s.get("baseline", "per_task"), batch_by=s.get("batch_by", "episodes"),
-            kl_constraint=s.get("kl_constraint", "post"))
+            kl_constraint=s.get("kl_constraint", "post"), inner_surrogate=s.get("inner_surrogate", "reinforce"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,6 +349,32 @@ def reinforce_loss(model: keras.Model):
     return task_loss
 
 
+def lvc_loss(model: keras.Model):
+    """``task_loss(weights, data) = -mean over valid steps of pi(a|s) / stop_gradient(pi(a|s)) * A``: the
+    "low variance curvature" surrogate of ProMP (Rothfuss et al. 2019). Its gradient is the REINFORCE
+    gradient (so the inner step is the same), but its Hessian is
+
+        - mean_t A_t (hess log pi_t + grad log pi_t grad log pi_t^T),
+
+    a per-step estimate of the Hessian of the expected return, whereas ``reinforce_loss``'s Hessian lacks
+    the second (score-function) term: the paper's meta-gradient treats the pre-update rollouts as if
+    their distribution did not depend on theta. Its value is -mean A, not the REINFORCE loss's."""
+
+    def task_loss(weights: Weights, data: PolicyData):
+        mean, log_std = policies.distribution(model, weights, data.obs)
+        logp = policies.log_likelihood(data.actions, mean, log_std)
+        return -masked_mean(tf.exp(logp - tf.stop_gradient(logp)) * data.advantages, data.mask)
+
+    return task_loss
+
+
+def inner_loss(model: keras.Model, surrogate: str = "reinforce"):
+    """The inner step's loss of ``Config.inner_surrogate``: ``reinforce_loss`` or ``lvc_loss``."""
+    if surrogate not in INNER_SURROGATES:
+        raise ValueError(f"inner_surrogate must be one of {INNER_SURROGATES}, got {surrogate!r}.")
+    return reinforce_loss(model) if surrogate == "reinforce" else lvc_loss(model)
+
+
 def surrogate_and_kl(model: keras.Model, weights: Weights, data: PolicyData, old: OldPolicy):
     """Importance-sampled surrogate ``mean[pi/pi_old A]`` and ``mean KL(pi_old || pi)`` of one task."""
     mean, log_std = policies.distribution(model, weights, data.obs)
@@ -407,7 +448,8 @@ class MetaObjective:
     def __init__(self, model: keras.Model, config: Config, hvp_mode: str = "double_backprop"):
         self.model, self.config = model, config
         self.hvp_mode = hvp_mode
-        self.task_loss = reinforce_loss(model)
+        self.task_loss = reinforce_loss(model)  # the inner step's values, and J_i of the KL's curvature
+        self.gradient_loss = inner_loss(model, config.inner_surrogate)  # J_i of the meta-gradient
         c = config
         self.loss_and_gradient = StepsRelaxed(tf.function(self._loss_and_gradient, reduce_retracing=True))
         self.loss_and_kl = StepsRelaxed(tf.function(self._loss_and_kl, reduce_retracing=True))
@@ -426,13 +468,16 @@ class MetaObjective:
         return maml.per_task(lambda d: maml.adapt(self.task_loss, weights, d, c.inner_steps, c.inner_lr, first_order),
                              pre, c.layout)
 
-    def _terms(self, weights: Weights, pre: PolicyData, post: PolicyData, old: OldPolicy, first_order: bool):
-        """(mean surrogate, mean KL) over tasks, through the inner update."""
+    def _terms(self, weights: Weights, pre: PolicyData, post: PolicyData, old: OldPolicy, first_order: bool,
+               task_loss=None):
+        """(mean surrogate, mean KL) over tasks, through the inner update (on ``task_loss``, by default
+        the REINFORCE loss: the values are the same with either inner surrogate, their gradients not)."""
         c = self.config
+        task_loss = task_loss or self.task_loss
 
         def one_task(d):
             p, q, o = d
-            fast = maml.adapt(self.task_loss, weights, p, c.inner_steps, c.inner_lr, first_order)
+            fast = maml.adapt(task_loss, weights, p, c.inner_steps, c.inner_lr, first_order)
             return tf.stack(surrogate_and_kl(self.model, fast, q, o))
 
         terms = maml.per_task(one_task, (pre, post, old), c.layout)
@@ -450,7 +495,7 @@ class MetaObjective:
     def _loss_and_gradient(self, weights: Weights, pre, post, old):
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            surrogate, _ = self._terms(weights, pre, post, old, self.config.first_order)
+            surrogate, _ = self._terms(weights, pre, post, old, self.config.first_order, self.gradient_loss)
             loss = -surrogate
         return loss, tape.gradient(loss, weights)
 

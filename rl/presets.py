@@ -18,6 +18,11 @@ BATCH_BY = ("steps", "episodes")
 # Which policies the TRPO trust region bounds (rl.maml_trpo.Config.kl_constraint): the post-update ones (the
 # authors' kl_constrain_step=-1, their default), the pre-update one (their kl_constrain_step=0), or both.
 KL_CONSTRAINTS = ("post", "pre", "both")
+# The inner step's surrogate (rl.maml_trpo.Config.inner_surrogate): "reinforce", the paper's and the authors'
+# -mean(log pi A); "lvc", -mean(pi / stop_gradient(pi) A) (the "low variance curvature" surrogate of ProMP,
+# Rothfuss et al. 2019): the same value of the step, whose Jacobian then carries the score-function term
+# that the paper's meta-gradient drops. Not the paper's estimator: a diagnostic option.
+INNER_SURROGATES = ("reinforce", "lvc")
 ACTIVATIONS = ("relu", "tanh")  # hidden activations of the policy (rl.policies.gaussian_mlp_policy)
 BASELINES = ("per_task", "previous_task")
 RL_LAYOUTS = ("vectorized", "loop")  # maml_tf.maml.LAYOUTS but "batched", which folds conv nets only

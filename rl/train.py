@@ -52,7 +52,7 @@ from maml_tf.cli import (WORKERS_MESSAGE, check_logdir, finite_non_negative, fin
 from maml_tf.training import (Interrupted, TrainResult, check_config, check_iterations, exclusive_logdir,  # noqa: E402
                               has_checkpoint, train)
 from rl import maml_trpo, policies  # noqa: E402
-from rl.presets import (BASELINES, BATCH_BY, CURVATURES, KL_CONSTRAINTS, METHODS, PRESETS,  # noqa: E402
+from rl.presets import (BASELINES, BATCH_BY, CURVATURES, INNER_SURROGATES, KL_CONSTRAINTS, METHODS, PRESETS,  # noqa: E402
                         RL_LAYOUTS, Preset, current_settings, recorded_config)
 from rl.sampler import Sampler  # noqa: E402
 
@@ -78,6 +78,11 @@ def define_flags(preset: Preset) -> None:
                       "its rollouts (the authors' kl_constrain_step=0; TRPO's curvature of that KL); both, the "
                       "post-update step whose line search also requires the pre-update KL within --max_kl. "
                       "Not the paper's setting unless post; MAML only.")
+    flags.DEFINE_enum("inner_surrogate", "reinforce", INNER_SURROGATES,
+                      "The inner step's surrogate: reinforce, -mean(log pi A) (the paper's); lvc, -mean(pi / "
+                      "stop_gradient(pi) A) (ProMP's low-variance-curvature surrogate: the same inner step, whose "
+                      "Jacobian in the meta-gradient then keeps the score-function term the paper drops). lvc is "
+                      "not the paper's estimator, a diagnostic; MAML only; fixed for a run.")
     flags.DEFINE_integer("cg_iterations", 10, "Conjugate-gradient iterations.")
     flags.DEFINE_float("cg_damping", 1e-5, "Damping added to the KL Hessian in conjugate gradient.")
     flags.DEFINE_enum("curvature", "gauss_newton", CURVATURES,
@@ -129,10 +134,11 @@ def define_flags(preset: Preset) -> None:
 
 # Settings that a resumed run must share with the run in its log directory.
 MODEL_KEYS = ("task", "method", "env_id", "seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr",
-              "first_order", "normalize_advantages", "baseline", "batch_by", "stratified_tasks")
+              "first_order", "normalize_advantages", "baseline", "batch_by", "stratified_tasks", "inner_surrogate")
 # What runs made before a setting existed did; they resume with it (a flag asking otherwise is refused).
 PREDATING_DEFAULTS = {"batch_by": ("episodes", "sampled by episodes"),
-                      "stratified_tasks": (False, "drew each batch's tasks independently")}
+                      "stratified_tasks": (False, "drew each batch's tasks independently"),
+                      "inner_surrogate": ("reinforce", "adapted with the REINFORCE surrogate")}
 # Settings of the meta-optimiser that a resumed run takes from its config.json unless the flag is given
 # again; a changed value is announced and recorded in config.json under "changes" (a new iteration
 # count simply replaces the recorded one).
@@ -145,7 +151,7 @@ RESUMED_PREDATING = {"jit_compile": False, "deterministic": False, "kl_constrain
 # Settings of the model and its data (MODEL_KEYS set by flags) that a resumed run takes from its config.json
 # when the flag is not given: resuming needs only --logdir. A flag given with another value is refused.
 ADOPTED_KEYS = ("seed", "meta_batch_size", "rollouts_per_task", "horizon", "inner_lr", "first_order",
-                "normalize_advantages", "baseline", "batch_by", "stratified_tasks")
+                "normalize_advantages", "baseline", "batch_by", "stratified_tasks", "inner_surrogate")
 
 
 def settings(task: str) -> dict:
@@ -167,6 +173,7 @@ def settings(task: str) -> dict:
         "normalize_advantages": FLAGS.normalize_advantages, "layout": FLAGS.layout,
         "jit_compile": FLAGS.jit_compile, "baseline": FLAGS.baseline,
         "batch_by": FLAGS.batch_by, "stratified_tasks": FLAGS.stratified_tasks,
+        "inner_surrogate": FLAGS.inner_surrogate,
         "discount": 0.99, "gae_lambda": 1.0, "hidden": [100, 100], "init_std": 1.0,
         "seed": FLAGS.seed, "deterministic": FLAGS.deterministic,
         "logdir": FLAGS.logdir or os.path.join("results", "rl", task, method),
@@ -256,7 +263,7 @@ def train_task(task: str) -> dict:
     logdir = s["logdir"]
     check_logdir(logdir)
     if s["method"] != "maml":
-        for key in ("first_order", "inner_lr", "kl_constraint"):
+        for key in ("first_order", "inner_lr", "kl_constraint", "inner_surrogate"):
             if FLAGS[key].present:
                 raise ValueError(f"--{key} applies to --method=maml only (the {s['method']} baseline has no inner "
                                  f"step).")

@@ -2,6 +2,8 @@
 meta-gradient against finite differences, the curvature against an explicit Hessian, and a few
 real iterations on 2D navigation."""
 
+import statistics
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -438,3 +440,117 @@ def test_policy_mean_is_the_mlp_with_the_chosen_hidden_activation(activation, hi
     mean, log_std = model(x)
     np.testing.assert_allclose(mean.numpy(), h, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(log_std.numpy(), 0.0, atol=1e-7)  # initial std 1.0
+
+
+def per_step_log_likelihood_gradients(model, w, data):
+    """[N, P] gradients of log pi(a_n | s_n) of each step, one tape per step (no surrogate involved)."""
+    rows = []
+    for n in range(data.obs.shape[0]):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            mean, log_std = policies.distribution(model, w, data.obs[n:n + 1])
+            logp = policies.log_likelihood(data.actions[n:n + 1], mean, log_std)[0]
+        rows.append(trpo.flatten(tape.gradient(logp, w)).numpy())
+    return np.stack(rows)
+
+
+def test_lvc_inner_loss_has_the_reinforce_gradient_and_the_score_function_curvature():
+    """lvc's gradient is the REINFORCE gradient, and its Hessian (by automatic differentiation) exceeds
+    REINFORCE's by exactly -sum_n c_n g_n g_n^T (c_n = m_n A_n / sum m, g_n = grad log pi_n from per-step
+    tapes)."""
+    model = policies.gaussian_mlp_policy(3, 2, hidden=(4,), seed=0, dtype="float64", name="lvc")
+    rng = np.random.default_rng(11)
+    w = {k: v + 0.2 * rng.normal(size=v.shape) for k, v in get_weights(model).items()}
+    one = tf.nest.map_structure(lambda x: x[0], random_data(1, 8, 3, 2, seed=12))
+    hessians, grads = [], []
+    flat = tf.constant(trpo.flatten(w).numpy())
+    for surrogate in ("reinforce", "lvc"):
+        loss = maml_trpo.inner_loss(model, surrogate)
+        # nested tapes, as the meta-gradient differentiates the inner step (differences of the gradient
+        # would not do: as a function of theta it is the same for both surrogates)
+        with tf.GradientTape() as outer:
+            outer.watch(flat)
+            with tf.GradientTape() as inner:
+                inner.watch(flat)
+                value = loss(trpo.unflatten(flat, w), one)
+            grad = inner.gradient(value, flat)
+        hessians.append(outer.jacobian(grad, flat).numpy())
+        grads.append(grad.numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    g = per_step_log_likelihood_gradients(model, w, one)
+    m, adv = one.mask.numpy(), one.advantages.numpy()
+    c = m * adv / m.sum()
+    extra = -np.einsum("n,ni,nj->ij", c, g, g)
+    assert np.abs(extra).max() > 0.1  # the term is not negligible here
+    np.testing.assert_allclose(hessians[1] - hessians[0], extra, rtol=1e-6, atol=1e-7)
+
+
+def test_lvc_curvature_estimates_the_hessian_of_the_expected_return():
+    """A one-step bandit a ~ N(b, exp(l)^2) (zero observation) with return A(a) = a^2: the expected return
+    is b^2 + exp(2 l), whose Hessian in (b, l) is diag(2, 4 exp(2 l)). Over many samples the lvc loss's
+    Hessian tends to minus it; the REINFORCE loss's does not (it lacks the score-function term)."""
+    model = policies.gaussian_mlp_policy(1, 1, hidden=(), seed=0, dtype="float64", name="bandit")
+    b, l = 0.5, np.log(0.8)
+    w = {"mean/kernel": tf.constant([[0.0]], tf.float64), "mean/bias": tf.constant([b], tf.float64),
+         "log_std/log_std": tf.constant([l], tf.float64)}
+    assert set(w) == set(get_weights(model))
+    n = 200_000  # the actions: normal quantiles at (k + 1/2) / n, a sample with little Monte-Carlo error
+    z = np.array([statistics.NormalDist().inv_cdf((k + 0.5) / n) for k in range(n)])
+    a = b + np.exp(l) * z
+    data = maml_trpo.PolicyData(tf.zeros((n, 1), tf.float64), tf.constant(a[:, None]), tf.constant(a ** 2),
+                                tf.ones(n, tf.float64))
+    expected = np.diag([2.0, 4.0 * np.exp(2 * l)])
+    keys = ["mean/bias", "log_std/log_std"]  # (the kernel multiplies a zero observation)
+    found = {}
+    for surrogate in ("reinforce", "lvc"):
+        loss = maml_trpo.inner_loss(model, surrogate)
+        hessian = np.zeros((2, 2))
+        for i, ki in enumerate(keys):
+            for j, kj in enumerate(keys):
+                with tf.GradientTape() as outer:
+                    outer.watch(w)
+                    with tf.GradientTape() as inner:
+                        inner.watch(w)
+                        value = loss(w, data)
+                    gi = inner.gradient(value, w)[ki][0]
+                hessian[i, j] = outer.gradient(gi, w)[kj].numpy().ravel()[0]
+        found[surrogate] = -hessian
+    np.testing.assert_allclose(found["lvc"], expected, rtol=0.01, atol=0.01)
+    assert np.abs(found["reinforce"] - expected).max() > 0.5
+
+
+def test_lvc_meta_gradient_adds_the_score_function_term_through_the_inner_step():
+    """With inner_surrogate="lvc" the meta-gradient is the REINFORCE one plus
+    -alpha/M sum_i sum_n c_in g_in (g_in . grad_theta' S_i) (the extra Jacobian term of each task), and the
+    curvature and the values are unchanged."""
+    model, reinforce, w0, pre, post, old, fast = tiny_setup()
+    lvc = maml_trpo.MetaObjective(model, maml_trpo.Config(**{**reinforce.config.__dict__, "inner_surrogate": "lvc"}))
+    point = {k: v + tf.constant(np.random.default_rng(6).normal(scale=0.1, size=v.shape), v.dtype)
+             for k, v in w0.items()}
+    loss_r, grad_r = reinforce.loss_and_gradient(point, pre, post, old)
+    loss_l, grad_l = lvc.loss_and_gradient(point, pre, post, old)
+    np.testing.assert_allclose(loss_l.numpy(), loss_r.numpy(), rtol=1e-12)
+    alpha, M = reinforce.config.inner_lr, 2
+    correction = 0.0
+    adapted = reinforce.adapted(point, pre)
+    for i in range(M):
+        p, q, o = tf.nest.map_structure(lambda x: x[i], (pre, post, old))
+        w_fast = {k: v[i] for k, v in adapted.items()}
+        with tf.GradientTape() as tape:
+            tape.watch(w_fast)
+            surrogate = maml_trpo.surrogate_and_kl(model, w_fast, q, o)[0]
+        ds = trpo.flatten(tape.gradient(surrogate, w_fast)).numpy()
+        g = per_step_log_likelihood_gradients(model, point, p)
+        c = p.mask.numpy() * p.advantages.numpy() / p.mask.numpy().sum()
+        correction = correction - alpha / M * np.einsum("n,ni,n->i", c, g, g @ ds)
+    diff = trpo.flatten(grad_l).numpy() - trpo.flatten(grad_r).numpy()
+    assert np.linalg.norm(correction) > 1e-3 * np.linalg.norm(trpo.flatten(grad_r).numpy())
+    np.testing.assert_allclose(diff, correction, rtol=1e-7, atol=1e-10)
+    v = trpo.unflatten(np.random.default_rng(8).normal(size=diff.shape), w0)
+    np.testing.assert_allclose(trpo.flatten(lvc.hvp(w0, v, pre, post, old, fast)).numpy(),
+                               trpo.flatten(reinforce.hvp(w0, v, pre, post, old, fast)).numpy(), rtol=1e-12)
+
+
+def test_config_refuses_an_unknown_inner_surrogate():
+    with pytest.raises(ValueError, match="inner_surrogate must be one of"):
+        maml_trpo.Config(inner_surrogate="dice")

@@ -142,6 +142,7 @@ def test_running_a_finished_run_again_changes_none_of_its_files(tmp_path):
 @pytest.mark.parametrize("key,flag,refusal,then", [
     ("batch_by", "--batch_by=steps", "sampled by episodes", "episodes"),
     ("stratified_tasks", "--stratified_tasks", "drew each batch's tasks independently", False),
+    ("inner_surrogate", "--inner_surrogate=lvc", "adapted with the REINFORCE surrogate", "reinforce"),
 ])
 def test_a_run_from_before_an_option_resumes_as_it_ran(tmp_path, key, flag, refusal, then):
     logdir = tmp_path / "maml"
@@ -169,6 +170,16 @@ def test_kl_constraint_is_kept_on_resume_and_runs_from_before_it_bound_the_post_
     old = run("rl/train_navigation.py", *TINY, "--iterations=3", f"--logdir={logdir}")
     assert old.returncode == 0, old.stderr[-2000:]
     assert json.loads((logdir / "training.json").read_text())["settings"]["kl_constraint"] == "post"
+
+
+def test_an_lvc_run_trains_and_resumes_with_its_inner_surrogate(tmp_path):
+    logdir = tmp_path / "maml"
+    made = run("rl/train_navigation.py", *TINY, "--iterations=1", "--inner_surrogate=lvc", f"--logdir={logdir}")
+    assert made.returncode == 0, made.stderr[-2000:]
+    resumed = run("rl/train_navigation.py", *TINY, "--iterations=2", f"--logdir={logdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "inner_surrogate='lvc'" in resumed.stdout
+    assert json.loads((logdir / "training.json").read_text())["settings"]["inner_surrogate"] == "lvc"
 
 
 def test_stratified_tasks_is_part_of_a_run(tmp_path):
@@ -352,6 +363,11 @@ def test_bad_run_folders_and_flags_are_one_sentence(tmp_path):
          "error: --first_order applies to --method=maml only"),
         ("rl/train_navigation.py", [*TINY, "--method=oracle", "--kl_constraint=both", f"--logdir={tmp_path / 'o'}"],
          "error: --kl_constraint applies to --method=maml only"),
+        ("rl/train_navigation.py", [*TINY, "--method=pretrained", "--inner_surrogate=lvc", f"--logdir={tmp_path / 'l'}"],
+         "error: --inner_surrogate applies to --method=maml only"),
+        ("rl/train_navigation.py", [*TINY, "--iterations=3", "--inner_surrogate=lvc", f"--logdir={tmp_path / 'maml'}"],
+         f"error: {tmp_path / 'maml'} holds a run with inner_surrogate='reinforce' but this run asks for "
+         f"inner_surrogate='lvc';"),
         ("rl/train_navigation.py", [*TINY, "--curvature=exact", "--hvp_subsample=0.5", f"--logdir={tmp_path / 'e'}"],
          "error: --hvp_subsample applies to --curvature=gauss_newton only"),
     ]
