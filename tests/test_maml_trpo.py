@@ -454,6 +454,20 @@ def per_step_log_likelihood_gradients(model, w, data):
     return np.stack(rows)
 
 
+def autodiff_hessian(loss, w, data):
+    """(Hessian, gradient) of ``loss(w, data)`` in the flat parameters (``trpo.flatten`` order) by nested
+    tapes, as the meta-gradient differentiates the inner step (differences of the gradient would not do
+    for the lvc loss: as a function of theta its gradient is the REINFORCE one)."""
+    flat = tf.constant(trpo.flatten(w).numpy())
+    with tf.GradientTape() as outer:
+        outer.watch(flat)
+        with tf.GradientTape() as inner:
+            inner.watch(flat)
+            value = loss(trpo.unflatten(flat, w), data)
+        grad = inner.gradient(value, flat)
+    return outer.jacobian(grad, flat).numpy(), grad.numpy()
+
+
 def test_lvc_inner_loss_has_the_reinforce_gradient_and_the_score_function_curvature():
     """lvc's gradient is the REINFORCE gradient, and its Hessian (by automatic differentiation) exceeds
     REINFORCE's by exactly -sum_n c_n g_n g_n^T (c_n = m_n A_n / sum m, g_n = grad log pi_n from per-step
@@ -462,27 +476,15 @@ def test_lvc_inner_loss_has_the_reinforce_gradient_and_the_score_function_curvat
     rng = np.random.default_rng(11)
     w = {k: v + 0.2 * rng.normal(size=v.shape) for k, v in get_weights(model).items()}
     one = tf.nest.map_structure(lambda x: x[0], random_data(1, 8, 3, 2, seed=12))
-    hessians, grads = [], []
-    flat = tf.constant(trpo.flatten(w).numpy())
-    for surrogate in ("reinforce", "lvc"):
-        loss = maml_trpo.inner_loss(model, surrogate)
-        # nested tapes, as the meta-gradient differentiates the inner step (differences of the gradient
-        # would not do: as a function of theta it is the same for both surrogates)
-        with tf.GradientTape() as outer:
-            outer.watch(flat)
-            with tf.GradientTape() as inner:
-                inner.watch(flat)
-                value = loss(trpo.unflatten(flat, w), one)
-            grad = inner.gradient(value, flat)
-        hessians.append(outer.jacobian(grad, flat).numpy())
-        grads.append(grad.numpy())
-    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    (hessian_r, grad_r), (hessian_l, grad_l) = (autodiff_hessian(maml_trpo.inner_loss(model, surrogate), w, one)
+                                                for surrogate in ("reinforce", "lvc"))
+    np.testing.assert_allclose(grad_l, grad_r, rtol=1e-10, atol=1e-12)
     g = per_step_log_likelihood_gradients(model, w, one)
     m, adv = one.mask.numpy(), one.advantages.numpy()
     c = m * adv / m.sum()
     extra = -np.einsum("n,ni,nj->ij", c, g, g)
     assert np.abs(extra).max() > 0.1  # the term is not negligible here
-    np.testing.assert_allclose(hessians[1] - hessians[0], extra, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(hessian_l - hessian_r, extra, rtol=1e-6, atol=1e-7)
 
 
 def test_lvc_curvature_estimates_the_hessian_of_the_expected_return():
@@ -500,21 +502,9 @@ def test_lvc_curvature_estimates_the_hessian_of_the_expected_return():
     data = maml_trpo.PolicyData(tf.zeros((n, 1), tf.float64), tf.constant(a[:, None]), tf.constant(a ** 2),
                                 tf.ones(n, tf.float64))
     expected = np.diag([2.0, 4.0 * np.exp(2 * l)])
-    keys = ["mean/bias", "log_std/log_std"]  # (the kernel multiplies a zero observation)
-    found = {}
-    for surrogate in ("reinforce", "lvc"):
-        loss = maml_trpo.inner_loss(model, surrogate)
-        hessian = np.zeros((2, 2))
-        for i, ki in enumerate(keys):
-            for j, kj in enumerate(keys):
-                with tf.GradientTape() as outer:
-                    outer.watch(w)
-                    with tf.GradientTape() as inner:
-                        inner.watch(w)
-                        value = loss(w, data)
-                    gi = inner.gradient(value, w)[ki][0]
-                hessian[i, j] = outer.gradient(gi, w)[kj].numpy().ravel()[0]
-        found[surrogate] = -hessian
+    bl = [list(w).index("mean/bias"), list(w).index("log_std/log_std")]  # (the kernel multiplies a zero observation)
+    found = {surrogate: -autodiff_hessian(maml_trpo.inner_loss(model, surrogate), w, data)[0][np.ix_(bl, bl)]
+             for surrogate in ("reinforce", "lvc")}
     np.testing.assert_allclose(found["lvc"], expected, rtol=0.01, atol=0.01)
     assert np.abs(found["reinforce"] - expected).max() > 0.5
 
