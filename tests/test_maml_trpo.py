@@ -502,6 +502,7 @@ def test_lvc_curvature_estimates_the_hessian_of_the_expected_return():
     data = maml_trpo.PolicyData(tf.zeros((n, 1), tf.float64), tf.constant(a[:, None]), tf.constant(a ** 2),
                                 tf.ones(n, tf.float64))
     expected = np.diag([2.0, 4.0 * np.exp(2 * l)])
+    # every weight here is a scalar, so a key's position in w is its index in the flat parameters
     bl = [list(w).index("mean/bias"), list(w).index("log_std/log_std")]  # (the kernel multiplies a zero observation)
     found = {surrogate: -autodiff_hessian(maml_trpo.inner_loss(model, surrogate), w, data)[0][np.ix_(bl, bl)]
              for surrogate in ("reinforce", "lvc")}
